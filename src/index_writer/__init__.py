@@ -1,0 +1,29 @@
+"""Record the files many workers produce in one shared CSV index, safely and fast.
+
+A drop-in replacement for ``imgtools.io.writers.index_writer``: change the
+import line, keep the rest::
+
+    from index_writer import IndexWriter
+
+    IndexWriter("index.csv").write_entry("out/a.nii.gz", {"subject": "s1"})
+"""
+
+from ._errors import (
+    IndexLockTimeoutError,
+    IndexReadError,
+    IndexSchemaMismatchError,
+    IndexWriteError,
+    IndexWriterError,
+)
+from ._writer import IndexWriter
+
+__all__ = [
+    "IndexLockTimeoutError",
+    "IndexReadError",
+    "IndexSchemaMismatchError",
+    "IndexWriteError",
+    "IndexWriter",
+    "IndexWriterError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,124 @@
+"""Changing an index file without ever leaving it half-written.
+
+Two operations, each with its commit and its rollback side by side:
+
+- :func:`append` adds bytes at the end in one ``write``; if the write fails
+  part-way, the file is truncated back to its old size.
+- :func:`replace` writes a whole new file next to the old one, then renames it
+  over the old one with :func:`os.replace`, which is atomic; if anything fails
+  before the rename, the temporary file is removed and the old file is
+  untouched.
+
+With ``durable=True`` the data (and, after a rename, the directory) are
+fsynced before returning, so they survive a power cut, not only a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+from collections.abc import Iterable
+
+from . import _platform
+
+__all__ = ["append", "new_temp_name", "replace"]
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
+    """Append ``data`` to the file open as ``fd`` (``O_APPEND``), or nothing.
+
+    Commit: one :func:`os.write` of all the bytes (looping only if the OS
+    accepts part of them), then ``fsync`` if ``durable``.
+    Rollback: on any failure the file is truncated back to ``size_before`` and
+    the exception re-raised, so no partial row is ever left behind.
+    """
+    view = memoryview(data)
+    written = 0
+    try:
+        while written < len(view):
+            n = os.write(fd, view[written:])
+            if n <= 0:  # pragma: no cover - write() reports failure by raising
+                raise OSError(errno.EIO, "short write: no bytes accepted")
+            written += n
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        try:
+            os.ftruncate(fd, size_before)
+        except OSError as e:  # pragma: no cover - needs a failing truncate
+            logger.error(
+                "could not roll back a failed append (fd %d) to %d bytes: %s",
+                fd,
+                size_before,
+                e,
+            )
+        raise
+
+
+def new_temp_name(path: str) -> str:
+    """A fresh temporary file name in ``path``'s directory (hidden, ``.tmp``)."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def replace(
+    path: str,
+    temp: str,
+    chunks: Iterable[bytes],
+    like: os.stat_result,
+    durable: bool,
+) -> os.stat_result:
+    """Atomically replace ``path`` with the concatenation of ``chunks``.
+
+    Commit: write everything to ``temp`` (created here, in the same directory),
+    give it ``like``'s permission bits, fsync it if ``durable``, rename it over
+    ``path``, and fsync the directory if ``durable``.
+    Rollback: if anything fails before the rename, ``temp`` is removed and
+    ``path`` is untouched; the exception is re-raised.
+
+    Returns the stat of the new file.
+    """
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _platform.O_BINARY, 0o600)
+    try:
+        try:
+            _platform.copy_permissions(fd, like)
+            buf: list[bytes] = []
+            size = 0
+            for chunk in chunks:
+                buf.append(chunk)
+                size += len(chunk)
+                if size >= _CHUNK:
+                    _write_all(fd, b"".join(buf))
+                    buf, size = [], 0
+            if buf:
+                _write_all(fd, b"".join(buf))
+            if durable:
+                os.fsync(fd)
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError as e:  # pragma: no cover - needs a failing unlink
+            logger.error("could not remove temporary file %s: %s", temp, e)
+        raise
+    if durable:
+        _platform.fsync_directory(os.path.dirname(path) or ".")
+    return st
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # pragma: no cover - write() reports failure by raising
+            raise OSError(errno.EIO, "short write: no bytes accepted")
+        view = view[n:]

@@ -1,0 +1,111 @@
+"""Everything that differs between POSIX and Windows, in one place.
+
+The rest of the package calls these helpers and never tests ``os.name`` itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from typing import IO, Any
+
+__all__ = [
+    "JOURNAL_OFFSET",
+    "O_BINARY",
+    "fsync_directory",
+    "lock_blocking",
+    "register_after_fork",
+    "same_file",
+]
+
+#: Extra flag for :func:`os.open` so Windows does no newline translation.
+O_BINARY: int = getattr(os, "O_BINARY", 0)
+
+#: Where in the lock file the crash journal lives. fasteners locks the first
+#: byte of the lock file; on Windows that lock is mandatory, so the journal
+#: must stay clear of it there. On POSIX the lock is advisory and the journal
+#: starts at 0, so the file stays empty whenever no write is in flight.
+JOURNAL_OFFSET: int = 16 if os.name == "nt" else 0
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """Return whether two stat results describe the same file (not just path)."""
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def fsync_directory(path: str) -> None:
+    """Make a rename inside ``path`` durable.
+
+    POSIX needs the directory itself fsynced after :func:`os.replace`; Windows
+    cannot open directories and commits renames with the metadata, so there it
+    is a no-op.
+    """
+    if os.name == "nt":  # pragma: no cover - not run on Linux CI
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+if os.name == "nt":  # pragma: no cover - not run on Linux CI
+
+    def lock_blocking(lockfile: IO[Any]) -> bool:
+        """Windows has no blocking byte-range lock here: poll fasteners-style."""
+        return False
+
+else:
+    import fcntl
+
+    def lock_blocking(lockfile: IO[Any]) -> bool:
+        """Wait in the kernel for the same ``lockf`` lock fasteners takes.
+
+        fasteners polls with sleeps of 10 to 100 ms when the lock is busy, which
+        caps a contended index at a few hundred writes per second. ``F_SETLKW``
+        wakes the waiter as soon as the holder unlocks, and it is the very lock
+        fasteners (and so med-imagetools) uses, so the two still exclude each
+        other. Returns True once the lock is held.
+        """
+        while True:
+            try:
+                fcntl.lockf(lockfile, fcntl.LOCK_EX)
+                return True
+            except InterruptedError:  # pragma: no cover - PEP 475 retries
+                continue
+            except OSError as e:
+                # EDEADLK: the kernel sees a cycle through *processes*, but our
+                # threads never hold two index locks at once, so it is a false
+                # alarm from another thread's lock; back off briefly and retry.
+                if e.errno != errno.EDEADLK:
+                    raise
+                time.sleep(0.001)
+
+
+def register_after_fork(callback: Any) -> None:
+    """Run ``callback`` in the child after :func:`os.fork` (no-op on Windows)."""
+    register = getattr(os, "register_at_fork", None)
+    if register is not None:
+        register(after_in_child=callback)
+
+
+def copy_permissions(fd: int, like: os.stat_result) -> None:
+    """Give the open file ``fd`` the permission bits (and group) of ``like``.
+
+    A rewrite replaces the index with a new file; without this a group-shared
+    index on a cluster would come back readable by its owner only. The group
+    is copied where the platform and our privileges allow, silently skipped
+    otherwise (only the owner or root may change it).
+    """
+    import stat
+
+    fchmod = getattr(os, "fchmod", None)
+    if fchmod is not None:
+        fchmod(fd, stat.S_IMODE(like.st_mode))
+    fchown = getattr(os, "fchown", None)
+    if fchown is not None:
+        try:
+            fchown(fd, -1, like.st_gid)
+        except OSError:
+            pass

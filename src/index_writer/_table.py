@@ -1,0 +1,299 @@
+"""The CSV table format of an index file: how it is parsed and how rows are written.
+
+The dialect is the one Python's :mod:`csv` module and Excel write: comma
+separated, ``"`` quoted with ``""`` escapes, records ended by CR LF or LF, and
+optionally a UTF-8 byte-order mark. Parsing is strict: a file this module
+accepts round-trips byte-exact through :func:`format_row`, and anything else
+(not UTF-8, NUL bytes, text after a closing quote, an unterminated quote, a
+row wider than the header, duplicate column names) is reported as a
+:class:`csv.Error` whose message starts with the line number.
+
+Values of any size are read without touching the process-wide
+:func:`csv.field_size_limit`: when the C parser refuses a field for its size,
+the same bytes are parsed again by a pure-Python parser with identical rules.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+__all__ = [
+    "BOM",
+    "Header",
+    "Scanner",
+    "eol_of",
+    "format_row",
+    "read_header",
+]
+
+BOM = codecs.BOM_UTF8
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def format_row(values: Sequence[str], eol: str) -> str:
+    """Return one CSV record for ``values``, ended by ``eol``.
+
+    Fields holding a comma, a quote, CR or LF are quoted (whatever ``eol`` is:
+    :mod:`csv` itself leaves a lone CR unquoted when writing LF files, which
+    splits the row when read back). A record of a single empty field is
+    written ``""`` so it is not mistaken for a blank line.
+
+    Examples
+    --------
+    >>> format_row(["a.nii", '5" disk', "x,y", ""], "\\n")
+    'a.nii,"5"" disk","x,y",\\n'
+    >>> format_row([""], "\\r\\n")
+    '""\\r\\n'
+    """
+    if len(values) == 1 and not values[0]:
+        return '""' + eol
+    search = _NEEDS_QUOTES.search
+    return (
+        ",".join(
+            ['"' + v.replace('"', '""') + '"' if search(v) else v for v in values]
+        )
+        + eol
+    )
+
+
+def eol_of(line: str) -> str:
+    """Return the terminator a physical line ends with ("" at end of file)."""
+    if line.endswith("\r\n"):
+        return "\r\n"
+    if line.endswith(("\n", "\r")):
+        return line[-1]
+    return ""
+
+
+@dataclass
+class Header:
+    """The header record of an index file.
+
+    Attributes
+    ----------
+    columns : list[str]
+        Column names, in file order; empty for a file with no header yet.
+    bom : bool
+        The file starts with a UTF-8 byte-order mark.
+    eol : str
+        The header's line terminator, used for every row written; ``"\\n"`` for
+        a file that has none yet.
+    """
+
+    columns: list[str]
+    bom: bool
+    eol: str
+
+
+class Scanner:
+    """Stream records out of an index file's bytes, tracking lines and offsets.
+
+    Parameters
+    ----------
+    stream : BinaryIO
+        Seekable binary stream, positioned at ``offset``.
+    offset : int
+        Byte offset of the stream position within the file.
+    line : int
+        Number of physical lines before ``offset``.
+
+    Attributes
+    ----------
+    offset : int
+        Byte offset just after the last line consumed.
+    line : int
+        Physical lines consumed so far (1-based number of the last one).
+    last_eol : str
+        Terminator of the last line consumed; "" when it had none (end of
+        file without a final newline) or nothing was read.
+    """
+
+    def __init__(self, stream: BinaryIO, offset: int, line: int) -> None:
+        self._stream = stream
+        self._start = (offset, line, stream.tell())
+        self.offset = offset
+        self.line = line
+        self.last_eol = ""
+        self.consumed_any = False
+
+    def _lines(self) -> Iterator[str]:
+        text = io.TextIOWrapper(self._stream, encoding="utf-8", newline="")
+        try:
+            for line in text:
+                self.line += 1
+                if "\x00" in line:
+                    raise csv.Error(
+                        f"line {self.line}: contains a NUL byte; this is not a "
+                        "text CSV file"
+                    )
+                self.offset += len(line) if line.isascii() else len(line.encode())
+                self.last_eol = eol_of(line)
+                self.consumed_any = True
+                yield line
+        finally:
+            text.detach()
+
+    def records(self) -> Iterator[tuple[int, int, list[str]]]:
+        """Yield ``(first_line, start_offset, fields)`` for each non-blank record.
+
+        Raises
+        ------
+        csv.Error
+            The bytes are not a well-formed CSV; the message starts with
+            ``line N:``.
+        """
+        done = 0
+        try:
+            for fields in csv.reader(self._lines(), strict=True):
+                if fields:
+                    done += 1
+                    yield self._record(fields)
+                else:
+                    self._mark()
+            return
+        except UnicodeDecodeError as e:
+            raise self._decode_error(e) from e
+        except csv.Error as e:
+            if not str(e).startswith("field larger than field limit"):
+                if str(e).startswith("line "):
+                    raise
+                raise csv.Error(f"line {self.line}: {e}") from e
+        # A field too large for the C parser: parse it all again in Python.
+        self._restart()
+        try:
+            seen = 0
+            for fields in _py_records(self._lines()):
+                if not fields:
+                    self._mark()
+                    continue
+                rec = self._record(fields)
+                seen += 1
+                if seen > done:
+                    yield rec
+        except UnicodeDecodeError as e:  # pragma: no cover - found above already
+            raise self._decode_error(e) from e
+        except csv.Error as e:
+            if str(e).startswith("line "):
+                raise
+            raise csv.Error(f"line {self.line}: {e}") from e
+
+    # The record that just completed started right after the previous one.
+    _rec_start: tuple[int, int] | None = None
+
+    def _mark(self) -> None:
+        self._rec_start = (self.line + 1, self.offset)
+
+    def _record(self, fields: list[str]) -> tuple[int, int, list[str]]:
+        start = self._rec_start or (self._start[1] + 1, self._start[0])
+        self._mark()
+        return (start[0], start[1], fields)
+
+    def _restart(self) -> None:
+        self.offset, self.line, pos = self._start
+        self._stream.seek(pos)
+        self._rec_start = None
+        self.last_eol = ""
+        self.consumed_any = False
+
+    def _decode_error(self, e: UnicodeDecodeError) -> csv.Error:
+        offset, line, pos = self._start
+        self._stream.seek(pos)
+        data = self._stream.read()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exact:
+            bad = exact.start
+            line += data.count(b"\n", 0, bad) + 1
+            # Lone CR line ends count too.
+            line += len(re.findall(rb"\r(?!\n)", data[:bad]))
+            return csv.Error(
+                f"line {line}: not valid UTF-8 (byte 0x{data[bad]:02x} at file "
+                f"offset {offset + bad}); save the file as UTF-8"
+            )
+        return csv.Error(f"line {self.line}: not valid UTF-8 ({e.reason})")  # pragma: no cover
+
+
+def _py_records(lines: Iterator[str]) -> Iterator[list[str]]:
+    """Parse records with the rules of ``csv.reader(strict=True)``, no size limit.
+
+    ``lines`` are physical lines split only at CR LF, LF and CR (as
+    ``newline=""`` text streams split them), each keeping its terminator.
+    """
+    for first in lines:
+        if first in ("\r\n", "\n", "\r"):
+            yield []
+            continue
+        line = first
+        n = len(line)
+        pos = 0
+        fields: list[str] = []
+        while True:
+            if pos < n and line[pos] == '"':
+                parts: list[str] = []
+                pos += 1
+                while True:
+                    q = line.find('"', pos)
+                    if q < 0:
+                        parts.append(line[pos:])
+                        nxt = next(lines, None)
+                        if nxt is None:
+                            raise csv.Error("unexpected end of data")
+                        line, n, pos = nxt, len(nxt), 0
+                    elif q + 1 < n and line[q + 1] == '"':
+                        parts.append(line[pos : q + 1])
+                        pos = q + 2
+                    else:
+                        parts.append(line[pos:q])
+                        pos = q + 1
+                        break
+                fields.append("".join(parts))
+                if pos >= n or line[pos] in "\r\n":
+                    break
+                if line[pos] != ",":
+                    raise csv.Error("',' expected after '\"'")
+                pos += 1
+            else:
+                comma = line.find(",", pos)
+                if comma < 0:
+                    fields.append(line[pos:].rstrip("\r\n"))
+                    break
+                fields.append(line[pos:comma])
+                pos = comma + 1
+        yield fields
+
+
+def read_header(stream: BinaryIO) -> tuple[Header, Scanner, Iterator[tuple[int, int, list[str]]]]:
+    """Start reading a whole index file from its first byte.
+
+    Returns the header, the scanner (for line/offset bookkeeping) and an
+    iterator over the remaining records.
+
+    Raises
+    ------
+    csv.Error
+        Malformed file, or duplicate column names in the header.
+    """
+    bom = stream.read(len(BOM)) == BOM
+    if not bom:
+        stream.seek(0)
+    scanner = Scanner(stream, len(BOM) if bom else 0, 0)
+    records = scanner.records()
+    first = next(records, None)
+    if first is None:
+        return Header([], bom, scanner.last_eol or "\n"), scanner, records
+    line, _, columns = first
+    seen: set[str] = set()
+    for name in columns:
+        if name in seen:
+            raise csv.Error(
+                f"line {line}: duplicate column name {name!r} in the header; "
+                "rename one of them"
+            )
+        seen.add(name)
+    return Header(columns, bom, scanner.last_eol or "\n"), scanner, records
