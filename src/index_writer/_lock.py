@@ -10,23 +10,23 @@ Two layers, always taken in this order and released in reverse:
    ``lockf`` lock med-imagetools takes, so the two implementations exclude each
    other.
 
-After acquiring, the lock file on disk is checked to still be the file we
-locked: med-imagetools deletes ``<index>.lock`` when a pipeline finishes, and a
-writer that locked the deleted file would otherwise run beside one that
-locked its replacement.
+The lock file stays open in this process between writes (reopening it would
+cost more than the write itself). After each acquisition the lock file on disk
+is checked to still be the file we locked: med-imagetools deletes
+``<index>.lock`` when a pipeline finishes, and a writer that locked the
+deleted file would otherwise run beside one that locked its replacement.
 
-While held, the lock file's content is a small journal slot (see
-:class:`Journal`): empty when no write is in flight.
+While held, the lock file's content is a small journal (see :class:`Journal`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import fasteners
@@ -47,14 +47,78 @@ _POLL_MAX_DELAY = 0.01
 _JOURNAL_MAX = 1 << 16
 
 
+class Journal:
+    """The lock file's content: what the lock holder is in the middle of doing.
+
+    A writer records an operation before it touches the index and marks it
+    done afterwards, so the next holder can roll back a write that was cut
+    short by a crash. Each step is one small ``pwrite`` in place. A lock file
+    that holds anything else (a user pointed ``lock_path`` at a file with
+    content) is never written, and neither is one on a platform where the lock
+    file must stay empty (see :data:`._platform.JOURNAL`).
+
+    Attributes
+    ----------
+    record : bytes | None
+        The unfinished operation left by a previous holder, if any.
+    """
+
+    MAGIC = b"index-writer journal 1\n"
+    _ACTIVE = b"A"
+    _DONE = b"D"
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.record: bytes | None = None
+        self.enabled = fd >= 0
+        if not self.enabled:
+            return
+        data = _platform.pread(fd, _JOURNAL_MAX, 0)
+        if not data:
+            return
+        if not data.startswith(self.MAGIC):
+            logger.debug("lock file holds foreign content; crash journal disabled")
+            self.enabled = False
+            return
+        body = data[len(self.MAGIC) :]
+        if body[:1] == self._ACTIVE:
+            self.record = body[1:].split(b"\n", 1)[0]
+
+    def write(self, record: bytes, durable: bool) -> None:
+        """Record an operation about to start (one line, no newline)."""
+        if not self.enabled:
+            return
+        _platform.pwrite(self._fd, self.MAGIC + self._ACTIVE + record + b"\n", 0)
+        if durable:
+            os.fsync(self._fd)
+
+    def clear(self) -> None:
+        """Mark the recorded operation finished (or rolled back)."""
+        if self.enabled:
+            _platform.pwrite(self._fd, self._DONE, len(self.MAGIC))
+            self.record = None
+
+
 class _ProcessLock:
     """This process's state for one lock file: the thread layer and fasteners."""
 
-    __slots__ = ("ipl", "thread_lock")
+    __slots__ = ("ipl", "jfd", "thread_lock")
 
     def __init__(self, path: str) -> None:
         self.thread_lock = threading.Lock()
         self.ipl = fasteners.InterProcessLock(path)
+        self.jfd = -1  # read-write descriptor of the same lock file, for the journal
+
+    def close(self) -> None:
+        """Close our descriptors of the lock file (only while not locked)."""
+        if self.jfd >= 0:
+            os.close(self.jfd)
+            self.jfd = -1
+        lockfile = self.ipl.lockfile
+        if lockfile is not None and not lockfile.closed:
+            lockfile.close()
+        self.ipl.lockfile = None
+        self.ipl.acquired = False
 
 
 _registry_guard = threading.Lock()
@@ -64,7 +128,13 @@ _registry: dict[str, _ProcessLock] = {}
 def _reset_after_fork() -> None:
     # A thread of the parent may have held any of these at fork time; that
     # thread does not exist in the child, and POSIX locks are not inherited.
+    # The inherited descriptors are closed now, while the child holds no lock:
+    # closing them later (say, when garbage collected) would release a lock
+    # the child had taken meanwhile through a new descriptor.
     global _registry_guard, _registry
+    for entry in _registry.values():
+        with contextlib.suppress(OSError):
+            entry.close()
     _registry_guard = threading.Lock()
     _registry = {}
 
@@ -80,50 +150,15 @@ def _process_lock(path: str) -> _ProcessLock:
     return entry
 
 
-class Journal:
-    """The lock file's content, readable and writable while the lock is held.
-
-    A writer records what it is about to do before it touches the index and
-    clears the record when done, so the next holder can roll back a write
-    that was cut short by a crash. A lock file that holds something else (a
-    user pointed ``lock_path`` at a file with content) is never written.
-    """
-
-    MAGIC = b"index-writer journal 1\n"
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._dirty = False
-        data = os.pread(fd, _JOURNAL_MAX, _platform.JOURNAL_OFFSET)
-        self.foreign = bool(data) and not data.startswith(self.MAGIC)
-        self.record: bytes | None = (
-            data[len(self.MAGIC) :] if data and not self.foreign else None
-        )
-        if self.foreign:
-            logger.debug("lock file holds foreign content; crash journal disabled")
-
-    def write(self, record: bytes, durable: bool) -> None:
-        """Record an operation about to start (replacing any previous record)."""
-        if self.foreign:
-            return
-        data = self.MAGIC + record
-        os.pwrite(self._fd, data, _platform.JOURNAL_OFFSET)
-        os.ftruncate(self._fd, _platform.JOURNAL_OFFSET + len(data))
-        self._dirty = True
-        if durable:
-            os.fsync(self._fd)
-
-    def clear(self) -> None:
-        """Mark the recorded operation finished (or rolled back)."""
-        if self.foreign or not (self._dirty or self.record is not None):
-            return
-        os.ftruncate(self._fd, _platform.JOURNAL_OFFSET)
-        self._dirty = False
-        self.record = None
+def _busy(e: OSError) -> bool:
+    return e.errno in (errno.EACCES, errno.EAGAIN)
 
 
 class LockFile:
     """Exclusive access to an index, keyed by its lock file.
+
+    Use as ``journal = lock.acquire()`` ... ``lock.release()`` in a
+    ``try``/``finally``.
 
     Parameters
     ----------
@@ -140,16 +175,15 @@ class LockFile:
         self.display_path = display_path
         self.timeout = timeout
 
-    @contextmanager
-    def hold(self) -> Iterator[Journal]:
-        """Hold the lock for the duration of the ``with`` block.
+    def acquire(self) -> Journal:
+        """Take both layers of the lock and return the journal.
 
         Raises
         ------
         IndexLockTimeoutError
             The lock was not acquired within ``timeout`` seconds.
         OSError
-            The lock file could not be created or opened.
+            The lock file could not be created, opened or locked.
         """
         timeout = self.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -159,48 +193,80 @@ class LockFile:
         elif not proc.thread_lock.acquire(timeout=timeout):
             raise IndexLockTimeoutError(self.display_path, timeout)
         try:
-            fd = self._acquire_file(proc.ipl, deadline)
+            self._acquire_file(proc, deadline)
             try:
-                yield Journal(fd)
-            finally:
-                # Closing our descriptor drops the process's lockf lock; the
-                # release below then unlocks (a no-op) and closes fasteners' one.
-                os.close(fd)
-                proc.ipl.release()
+                return Journal(proc.jfd)
+            except BaseException:
+                proc.ipl.unlock()
+                proc.ipl.acquired = False
+                raise
+        except BaseException:
+            proc.thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        """Release both layers (the caller holds them)."""
+        proc = _registry[self.path]
+        try:
+            proc.ipl.unlock()
+            proc.ipl.acquired = False
         finally:
             proc.thread_lock.release()
 
-    def _acquire_file(
-        self, ipl: fasteners.InterProcessLock, deadline: float | None
-    ) -> int:
-        """Take the fasteners lock on the file that *currently* has our path.
-
-        Returns a read-write descriptor of the locked lock file, for the journal.
-        """
+    def _acquire_file(self, proc: _ProcessLock, deadline: float | None) -> None:
+        """Take the fasteners lock on the file that *currently* has our path."""
+        ipl = proc.ipl
         while True:
-            if deadline is None:
+            if ipl.lockfile is None or ipl.lockfile.closed:
+                # First use (or the file was replaced): fasteners creates the
+                # directory and the file, opens it, and tries the lock once.
                 got = ipl.acquire(blocking=False)
-                if not got and _platform.lock_blocking(ipl.lockfile):
-                    ipl.acquired = got = True
-                if not got:  # pragma: no cover - platforms without lock_blocking
-                    got = ipl.acquire(delay=_POLL_DELAY, max_delay=_POLL_MAX_DELAY)
+                proc.jfd = _platform.open_journal(self.path, ipl.lockfile)
             else:
-                remaining = max(0.0, deadline - time.monotonic())
-                got = ipl.acquire(
-                    delay=_POLL_DELAY, max_delay=_POLL_MAX_DELAY, timeout=remaining
-                )
-                if not got:
+                try:
+                    ipl.trylock()
+                    got = True
+                except OSError as e:
+                    if not _busy(e):
+                        raise
+                    got = False
+            if not got:
+                self._wait(ipl, deadline)
+            ipl.acquired = True
+            try:
+                on_disk: os.stat_result | None = os.stat(self.path)
+                held = os.fstat(ipl.lockfile.fileno())
+            except FileNotFoundError:
+                on_disk = None
+            except BaseException:
+                ipl.unlock()
+                ipl.acquired = False
+                raise
+            if on_disk is not None and _platform.same_file(on_disk, held):
+                return
+            # The lock file was deleted (and maybe recreated) since we opened
+            # it: our lock guards nothing. Start again on the current file.
+            logger.debug("lock file %s was replaced; locking the new one", self.path)
+            ipl.unlock()
+            proc.close()
+
+    def _wait(self, ipl: fasteners.InterProcessLock, deadline: float | None) -> None:
+        """Wait for the lock to be free and take it."""
+        if deadline is None and _platform.lock_blocking(ipl.lockfile):
+            return
+        delay = _POLL_DELAY
+        while True:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     assert self.timeout is not None
                     raise IndexLockTimeoutError(self.display_path, self.timeout)
+                delay = min(delay, remaining)
+            time.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX_DELAY)
             try:
-                fd = os.open(self.path, os.O_RDWR | _platform.O_BINARY)
-            except FileNotFoundError:
-                fd = -1
-            if fd >= 0:
-                if _platform.same_file(os.fstat(fd), os.fstat(ipl.lockfile.fileno())):
-                    return fd
-                os.close(fd)
-            # The lock file was deleted (and maybe recreated) after fasteners
-            # opened it: our lock guards nothing. Start again on the new file.
-            logger.debug("lock file %s was replaced while locking; retrying", self.path)
-            ipl.release()
+                ipl.trylock()
+                return
+            except OSError as e:
+                if not _busy(e):
+                    raise

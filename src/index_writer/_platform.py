@@ -5,16 +5,22 @@ The rest of the package calls these helpers and never tests ``os.name`` itself.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 __all__ = [
-    "JOURNAL_OFFSET",
+    "JOURNAL",
     "O_BINARY",
+    "copy_permissions",
     "fsync_directory",
     "lock_blocking",
+    "open_journal",
+    "pread",
+    "pwrite",
     "register_after_fork",
     "same_file",
 ]
@@ -22,11 +28,47 @@ __all__ = [
 #: Extra flag for :func:`os.open` so Windows does no newline translation.
 O_BINARY: int = getattr(os, "O_BINARY", 0)
 
-#: Where in the lock file the crash journal lives. fasteners locks the first
-#: byte of the lock file; on Windows that lock is mandatory, so the journal
-#: must stay clear of it there. On POSIX the lock is advisory and the journal
-#: starts at 0, so the file stays empty whenever no write is in flight.
-JOURNAL_OFFSET: int = 16 if os.name == "nt" else 0
+#: Whether the crash journal is kept in the lock file. On Windows fasteners
+#: locks one byte at the lock file's current end, so the file must stay empty
+#: for every process to lock the same byte: no journal there, and an append
+#: cut short by a crash is not rolled back automatically.
+JOURNAL: bool = os.name != "nt"
+
+
+def open_journal(path: str, lockfile: IO[Any]) -> int:
+    """Open ``path`` read-write for the journal, or return -1 for none.
+
+    Returns -1 where :data:`JOURNAL` is off, and when ``path`` no longer names
+    the file ``lockfile`` has open (the caller then notices and retries).
+    The descriptor must stay open while the lock is held: closing any
+    descriptor of the lock file releases a POSIX lock.
+    """
+    if not JOURNAL:  # pragma: no cover - not run on Linux CI
+        return -1
+    try:
+        fd = os.open(path, os.O_RDWR | O_BINARY)
+    except FileNotFoundError:
+        return -1
+    if same_file(os.fstat(fd), os.fstat(lockfile.fileno())):
+        return fd
+    os.close(fd)
+    return -1
+
+
+if hasattr(os, "pread"):
+    pread = os.pread
+    pwrite = os.pwrite
+else:  # pragma: no cover  # pragma: no cover - Windows: emulate with seek (callers hold the lock)
+
+    def pread(fd: int, size: int, offset: int, /) -> bytes:  # type: ignore[misc]
+        """Read up to ``size`` bytes at ``offset``."""
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, size)
+
+    def pwrite(fd: int, data: Buffer, offset: int, /) -> int:  # type: ignore[misc]
+        """Write ``data`` at ``offset``."""
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.write(fd, data)
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -105,7 +147,5 @@ def copy_permissions(fd: int, like: os.stat_result) -> None:
         fchmod(fd, stat.S_IMODE(like.st_mode))
     fchown = getattr(os, "fchown", None)
     if fchown is not None:
-        try:
+        with contextlib.suppress(OSError):
             fchown(fd, -1, like.st_gid)
-        except OSError:
-            pass

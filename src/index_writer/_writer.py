@@ -277,6 +277,7 @@ class IndexWriter:
             )
         self._lock = LockFile(lock, self.lock_path, timeout)
         self._key = (self._index, lock)
+        self._index_json = json.dumps(self._index)  # for journal records
 
     def __repr__(self) -> str:
         return (
@@ -388,8 +389,10 @@ class IndexWriter:
 
         Raises
         ------
-        IndexSchemaMismatchError, IndexReadError, IndexWriteError, IndexLockTimeoutError, TypeError, ValueError
+        IndexSchemaMismatchError, IndexReadError, IndexWriteError
             As for :meth:`write_entry`; on any of them nothing is written.
+        IndexLockTimeoutError, TypeError, ValueError
+            As for :meth:`write_entry`.
 
         Examples
         --------
@@ -405,11 +408,14 @@ class IndexWriter:
         if not rows:
             return
         try:
-            with self._lock.hold() as journal:
+            journal = self._lock.acquire()
+            try:
                 self._recover(journal)
                 self._write_locked(
                     journal, rows, filepath_column, replace_existing, merge_columns
                 )
+            finally:
+                self._lock.release()
         except (OSError, threading.ThreadError) as e:
             raise IndexWriteError(self.index_path, e) from e
 
@@ -442,11 +448,14 @@ class IndexWriter:
         []
         >>> writer.write_entry("a.nii", {"subject": "s1"})
         >>> writer.write_entry("b.nii", {"site": "x"})
-        >>> writer.read_rows()
-        [{'path': 'a.nii', 'subject': 's1', 'site': ''}, {'path': 'b.nii', 'subject': '', 'site': 'x'}]
+        >>> for row in writer.read_rows():
+        ...     print(row)
+        {'path': 'a.nii', 'subject': 's1', 'site': ''}
+        {'path': 'b.nii', 'subject': '', 'site': 'x'}
         """
         try:
-            with self._lock.hold() as journal:
+            journal = self._lock.acquire()
+            try:
                 self._recover(journal)
                 try:
                     fd = os.open(self._index, os.O_RDONLY | _platform.O_BINARY)
@@ -456,6 +465,8 @@ class IndexWriter:
                     return self._read_all(fd)
                 finally:
                     os.close(fd)
+            finally:
+                self._lock.release()
         except csv.Error as e:
             raise IndexReadError(self.index_path, e) from e
         except (OSError, threading.ThreadError) as e:
@@ -474,7 +485,7 @@ class IndexWriter:
                 raise _too_wide(line, len(fields), n)
             if len(fields) < n:
                 fields += [""] * (n - len(fields))
-            out.append(dict(zip(columns, fields)))
+            out.append(dict(zip(columns, fields, strict=True)))
         return out
 
     def _recover(self, journal: Journal) -> None:
@@ -634,9 +645,9 @@ class IndexWriter:
 
     @staticmethod
     def _prefix_unchanged(fd: int, known: _Known) -> bool:
-        if os.pread(fd, len(known.head), 0) != known.head:
+        if _platform.pread(fd, len(known.head), 0) != known.head:
             return False
-        return os.pread(fd, len(known.tail), known.size - len(known.tail)) == known.tail
+        return _platform.pread(fd, len(known.tail), known.size - len(known.tail)) == known.tail
 
     def _read_appended(self, fd: int, known: _Known, st: os.stat_result) -> None:
         """Take in the rows other writers appended since we last looked."""
@@ -644,7 +655,7 @@ class IndexWriter:
         scanner = Scanner(io.BytesIO(data), known.size, known.lines)
         n = len(known.header.columns)
         paths = known.paths
-        pidx = known.colpos.get(known.paths_column) if paths is not None else None
+        pidx = known.colpos.get(known.paths_column or "") if paths is not None else None
         try:
             for line, start, fields in scanner.records():
                 if len(fields) > n:
@@ -693,8 +704,8 @@ class IndexWriter:
             colpos=colpos,
             lines=scanner.line,
             ends_clean=scanner.last_eol != "" or not scanner.consumed_any,
-            head=os.pread(fd, min(size, _HEAD_BYTES), 0),
-            tail=os.pread(fd, min(size, _TAIL_BYTES), max(0, size - _TAIL_BYTES)),
+            head=_platform.pread(fd, min(size, _HEAD_BYTES), 0),
+            tail=_platform.pread(fd, min(size, _TAIL_BYTES), max(0, size - _TAIL_BYTES)),
             paths_column=paths_column,
             paths=paths,
         )
@@ -704,7 +715,7 @@ class IndexWriter:
         """Whether the row stored at ``offset`` already holds exactly ``row``."""
         want = 4096
         while True:
-            data = os.pread(fd, want, offset)
+            data = _platform.pread(fd, want, offset)
             complete = offset + len(data) >= known.size
             try:
                 scanner = Scanner(io.BytesIO(data), offset, 0)
@@ -743,15 +754,9 @@ class IndexWriter:
         data = _encode(text, rows)
         start = known.size
         journal.write(
-            json.dumps(
-                {
-                    "op": "append",
-                    "index": self._index,
-                    "dev": known.dev,
-                    "ino": known.ino,
-                    "offset": start,
-                    "length": len(data),
-                }
+            (
+                f'{{"op":"append","index":{self._index_json},"dev":{known.dev},'
+                f'"ino":{known.ino},"offset":{start},"length":{len(data)}}}'
             ).encode(),
             self.durable,
         )
@@ -769,7 +774,7 @@ class IndexWriter:
             offset = start + _bytes_len(lead)
             paths = known.paths
             col = known.paths_column
-            for row, t in zip(rows, texts):
+            for row, t in zip(rows, texts, strict=True):
                 p = row.get(col or "", "")
                 if col in known.colpos:
                     paths[p] = -1 if p in paths else offset
@@ -884,7 +889,7 @@ def _too_wide(line: int, got: int, n: int) -> csv.Error:
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
     parts = []
     while size > 0:
-        chunk = os.pread(fd, size, offset)
+        chunk = _platform.pread(fd, size, offset)
         if not chunk:
             break
         parts.append(chunk)
