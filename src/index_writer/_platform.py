@@ -55,20 +55,20 @@ def open_journal(path: str, lockfile: IO[Any]) -> int:
     return -1
 
 
-if hasattr(os, "pread"):
-    pread = os.pread
-    pwrite = os.pwrite
-else:  # pragma: no cover  # pragma: no cover - Windows: emulate with seek (callers hold the lock)
+def _seek_read(fd: int, size: int, offset: int) -> bytes:  # pragma: no cover
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
 
-    def pread(fd: int, size: int, offset: int, /) -> bytes:  # type: ignore[misc]
-        """Read up to ``size`` bytes at ``offset``."""
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, size)
 
-    def pwrite(fd: int, data: Buffer, offset: int, /) -> int:  # type: ignore[misc]
-        """Write ``data`` at ``offset``."""
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.write(fd, data)
+def _seek_write(fd: int, data: bytes, offset: int) -> int:  # pragma: no cover
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.write(fd, data)
+
+
+#: ``os.pread``/``os.pwrite`` where they exist (POSIX); on Windows a seek and a
+#: read or write, which is equivalent for us since callers hold the lock.
+pread: Callable[[int, int, int], bytes] = getattr(os, "pread", _seek_read)
+pwrite: Callable[[int, bytes, int], int] = getattr(os, "pwrite", _seek_write)
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
