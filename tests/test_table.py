@@ -63,7 +63,7 @@ def test_fallback_parser_used_for_huge_fields_only() -> None:
 
 
 def test_offsets_and_lines() -> None:
-    data = 'h1,h2\r\na,"x\r\ny"\r\n\r\nb,2'.encode()
+    data = b'h1,h2\r\na,"x\r\ny"\r\n\r\nb,2'
     recs = list(_table.Scanner(io.BytesIO(data), 0, 0).records())
     assert [(line, start) for line, start, _ in recs] == [(1, 0), (2, 7), (5, 19)]
     assert data[19:] == b"b,2"

@@ -167,7 +167,9 @@ def test_filepath_column_and_conflicting_key(index: Path) -> None:
 def test_values_are_str_and_none_is_empty(index: Path) -> None:
     w = IndexWriter(index)
     w.write_entry("a", {"i": 3, "f": 0.125, "n": None, "b": False, "l": [1, 2]})
-    assert w.read_rows() == [{"path": "a", "i": "3", "f": "0.125", "n": "", "b": "False", "l": "[1, 2]"}]
+    assert w.read_rows() == [
+        {"path": "a", "i": "3", "f": "0.125", "n": "", "b": "False", "l": "[1, 2]"}
+    ]
 
 
 def test_unwritable_values_are_refused(index: Path) -> None:
@@ -470,7 +472,7 @@ def test_foreign_in_place_rewrite_is_noticed(index: Path) -> None:
     buf = io.StringIO()
     cw = csv.DictWriter(buf, fieldnames=["path", "v"])
     cw.writeheader()
-    cw.writerows(rows + [{"path": "foreign", "v": "x"}])
+    cw.writerows([*rows, {"path": "foreign", "v": "x"}])
     with index.open("r+", newline="") as f:
         f.truncate(0)
         f.write(buf.getvalue())
