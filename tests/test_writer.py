@@ -570,3 +570,11 @@ def test_write_error_on_unwritable_target(tmp_path: Path) -> None:
         IndexWriter(target).write_entry("a", {})
     assert isinstance(info.value.original_exception, OSError)
     assert str(target) in str(info.value)
+
+
+def test_lock_path_linked_to_index_is_refused(index: Path) -> None:
+    index.write_text("path\n")
+    link = index.with_name("link.lock")
+    link.symlink_to(index)
+    with pytest.raises(ValueError, match="lock_path must not be the index"):
+        IndexWriter(index, link)

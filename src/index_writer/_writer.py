@@ -268,8 +268,8 @@ class IndexWriter:
         self.durable: bool = bool(durable)
         self._index = os.path.abspath(self.index_path)
         lock = os.path.abspath(self.lock_path)
-        if os.path.normcase(lock) == os.path.normcase(self._index) or (
-            os.path.realpath(lock) == os.path.realpath(self._index)
+        if os.path.normcase(lock) == os.path.normcase(self._index) or _same_existing(
+            lock, self._index
         ):
             raise ValueError(
                 f"lock_path must not be the index itself ({self.index_path}): "
@@ -767,17 +767,12 @@ class IndexWriter:
         if not known.header.columns:
             known.header.columns = list(columns)
             known.colpos = {c: i for i, c in enumerate(columns)}
-            if known.paths is not None:
-                pidx = known.colpos.get(known.paths_column or "")
-                known.paths = {} if pidx is not None else known.paths
-        if known.paths is not None:
+        paths, col = known.paths, known.paths_column
+        if paths is not None and col is not None and col in known.colpos:
             offset = start + _bytes_len(lead)
-            paths = known.paths
-            col = known.paths_column
             for row, t in zip(rows, texts, strict=True):
-                p = row.get(col or "", "")
-                if col in known.colpos:
-                    paths[p] = -1 if p in paths else offset
+                p = row.get(col, "")
+                paths[p] = -1 if p in paths else offset
                 offset += _bytes_len(t)
         known.size = start + len(data)
         known.mtime_ns = st.st_mtime_ns
@@ -877,6 +872,13 @@ class IndexWriter:
             paths_column=track,
             paths=paths,
         )
+
+
+def _same_existing(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _too_wide(line: int, got: int, n: int) -> csv.Error:
