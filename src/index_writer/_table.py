@@ -16,6 +16,7 @@ the same bytes are parsed again by a pure-Python parser with identical rules.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import re
@@ -137,7 +138,10 @@ class Scanner:
                 self.consumed_any = True
                 yield line
         finally:
-            text.detach()
+            # Leave the caller's stream open (a wrapper closes its stream when
+            # collected); it may be closed already if the caller stopped early.
+            with contextlib.suppress(ValueError):
+                text.detach()
 
     def records(self) -> Iterator[tuple[int, int, list[str]]]:
         """Yield ``(first_line, start_offset, fields)`` for each non-blank record.

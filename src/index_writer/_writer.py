@@ -576,6 +576,8 @@ class IndexWriter:
                 new_columns = list(
                     dict.fromkeys([filepath_column, *(k for row in rows for k in row)])
                 )
+            if new_columns:
+                _encode(format_row(new_columns, "\n"), rows)  # refuse unwritable names
             rewrite = bool(columns) and bool(new_columns)
 
             replacements: dict[str, Row] = {}
