@@ -1,0 +1,433 @@
+"""The demo workload: many workers record fake output files in one index.
+
+The seed's example, as ``index-writer demo`` runs it: a pool of ``workers``
+processes (or threads) runs one task per entry; each task makes a fresh
+:class:`~index_writer.IndexWriter` and calls ``write_entry`` once for
+``output/fake_file_{i}.nii.gz`` with :func:`generate_context`'s fields.
+Afterwards :func:`verify_index` reads the index back and checks that every
+entry is there exactly once, with every column and plausible values.
+
+The same workload can run with the read-all/rewrite-all strategy
+(:class:`~index_writer._naive.RewriteAllIndexWriter`) for comparison.
+
+Examples
+--------
+>>> import tempfile
+>>> index = Path(tempfile.mkdtemp()) / "index.csv"
+>>> result = run_workload(index, workers=2, entries=20, engine="threads")
+>>> result.errors, verify_index(index, 20)
+([], [])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import math
+import multiprocessing
+import multiprocessing.pool
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from ._errors import IndexWriterError
+
+__all__ = [
+    "DEMO_COLUMNS",
+    "MODALITIES",
+    "Progress",
+    "RunResult",
+    "demo_path",
+    "generate_context",
+    "run_workload",
+    "verify_index",
+]
+
+logger = logging.getLogger(__name__)
+
+Engine = Literal["processes", "threads"]
+Strategy = Literal["index-writer", "rewrite-all"]
+
+MODALITIES = ("CT", "MR", "SEG")
+DEMO_COLUMNS = ("path", "subject_id", "modality", "timestamp", "quality_score")
+
+
+def demo_path(i: int) -> str:
+    """The fake output file recorded by task ``i``.
+
+    Examples
+    --------
+    >>> demo_path(7)
+    'output/fake_file_7.nii.gz'
+    """
+    return f"output/fake_file_{i}.nii.gz"
+
+
+def generate_context(i: int) -> dict[str, object]:
+    """The metadata the seed's example records for task ``i``.
+
+    Examples
+    --------
+    >>> ctx = generate_context(13)
+    >>> ctx["subject_id"], ctx["modality"] in MODALITIES, 0 <= ctx["quality_score"] <= 1
+    ('subject_3', True, True)
+    """
+    return {
+        "subject_id": f"subject_{i % 10}",
+        "modality": random.choice(MODALITIES),
+        "timestamp": datetime.now().isoformat(),
+        "quality_score": round(random.uniform(0, 1), 3),
+    }
+
+
+def _task_index_writer(task: tuple[str, int]) -> str | None:
+    """One pool task: a new writer, one entry. Returns an error text or None."""
+    from . import IndexWriter
+
+    index_path, i = task
+    try:
+        IndexWriter(index_path).write_entry(demo_path(i), generate_context(i))
+    except (IndexWriterError, OSError, ValueError) as exc:
+        return f"{demo_path(i)}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def _task_rewrite_all(task: tuple[str, int]) -> str | None:
+    """The same task with the read-all/rewrite-all writer."""
+    from ._naive import RewriteAllIndexWriter
+
+    index_path, i = task
+    try:
+        RewriteAllIndexWriter(index_path).write_entry(demo_path(i), generate_context(i))
+    except Exception as exc:  # the baseline may fail in any way; count it
+        return f"{demo_path(i)}: {type(exc).__name__}: {exc}"
+    return None
+
+
+_TASKS: dict[Strategy, Callable[[tuple[str, int]], str | None]] = {
+    "index-writer": _task_index_writer,
+    "rewrite-all": _task_rewrite_all,
+}
+
+
+class Progress:
+    """Progress of a run, written to a text stream (normally stderr).
+
+    On a terminal it uses ``tqdm`` when that is installed, else one line
+    rewritten in place at most ten times a second. Elsewhere (a log file, a
+    pipe, a batch job) it writes a plain line at most every ``interval``
+    seconds and one at the end. Write errors (a closed stream) switch it off
+    silently: progress must never break a run.
+
+    Parameters
+    ----------
+    total : int
+        Number of steps expected.
+    label : str
+        Text in front of the count.
+    stream : TextIO or None
+        Where to write; ``None`` disables output.
+    interval : float, optional
+        Seconds between plain lines when ``stream`` is not a terminal.
+    use_tqdm : bool, optional
+        Allow ``tqdm`` on a terminal.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> with Progress(3, "demo", out) as progress:
+    ...     for _ in range(3):
+    ...         progress.update()
+    >>> print(out.getvalue(), end="")
+    demo: 3/3 (100%) in 0.0 s
+    """
+
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        stream: TextIO | None,
+        *,
+        interval: float = 5.0,
+        use_tqdm: bool = True,
+    ) -> None:
+        self.total = total
+        self.label = label
+        self.done = 0
+        self._stream = stream
+        self._interval = interval
+        self._start = time.perf_counter()
+        self._last = self._start
+        self._tty = False
+        self._bar: Any = None
+        if stream is not None:
+            try:
+                self._tty = stream.isatty()
+            except (AttributeError, ValueError, OSError):
+                self._tty = False
+        if self._tty and use_tqdm:
+            self._bar = self._make_tqdm()
+
+    def _make_tqdm(self) -> Any:
+        try:
+            tqdm = importlib.import_module("tqdm").tqdm
+            return tqdm(total=self.total, desc=self.label, unit="entry", file=self._stream)
+        except Exception:  # not installed, or broken: fall back to plain lines
+            return None
+
+    def _write(self, text: str) -> None:
+        if self._stream is None:
+            return
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):
+            self._stream = None
+
+    def _line(self) -> str:
+        pct = 100 * self.done // self.total if self.total else 100
+        elapsed = time.perf_counter() - self._start
+        return f"{self.label}: {self.done}/{self.total} ({pct}%) in {elapsed:.1f} s"
+
+    def update(self, n: int = 1) -> None:
+        """Record ``n`` more finished steps."""
+        self.done += n
+        if self._stream is None:
+            return
+        if self._bar is not None:
+            try:
+                self._bar.update(n)
+            except Exception:
+                self._bar = None
+            return
+        now = time.perf_counter()
+        if self._tty:
+            if now - self._last >= 0.1:  # close() draws the final state
+                self._last = now
+                self._write("\r" + self._line())
+        elif now - self._last >= self._interval and self.done < self.total:
+            self._last = now
+            self._write(self._line() + "\n")
+
+    def close(self) -> None:
+        """Finish the display: close the bar or write the final line."""
+        if self._bar is not None:
+            with contextlib.suppress(Exception):
+                self._bar.close()
+            self._bar = None
+            return
+        if self._tty:
+            self._write("\r" + self._line() + "\n")
+        else:
+            self._write(self._line() + "\n")
+        self._stream = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class RunResult:
+    """What one run of the workload did.
+
+    Attributes
+    ----------
+    strategy : str
+        ``"index-writer"`` or ``"rewrite-all"``.
+    engine : str
+        ``"processes"`` or ``"threads"``.
+    workers, entries : int
+        Pool size and number of tasks.
+    elapsed : float
+        Wall-clock seconds for the whole run, pool start-up and shutdown
+        included.
+    errors : list[str]
+        One text per task that raised.
+    """
+
+    strategy: str
+    engine: str
+    workers: int
+    entries: int
+    elapsed: float
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Entries per second (``inf`` for an immeasurably fast run)."""
+        return self.entries / self.elapsed if self.elapsed > 0 else math.inf
+
+
+def run_workload(
+    index_path: str | os.PathLike[str],
+    *,
+    workers: int = 12,
+    entries: int = 1000,
+    engine: Engine = "processes",
+    strategy: Strategy = "index-writer",
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run the demo workload: ``entries`` tasks on a pool of ``workers``.
+
+    Parameters
+    ----------
+    index_path : str or os.PathLike
+        The index to write.
+    workers : int, optional
+        Pool size.
+    entries : int, optional
+        Number of tasks; task ``i`` records :func:`demo_path` ``(i)``.
+    engine : {"processes", "threads"}, optional
+        A :class:`multiprocessing.pool.Pool` of processes (default start
+        method) or a :class:`multiprocessing.pool.ThreadPool`.
+    strategy : {"index-writer", "rewrite-all"}, optional
+        This library, or the read-all/rewrite-all baseline.
+    progress : Progress, optional
+        Updated once per finished task.
+
+    Returns
+    -------
+    RunResult
+        Timing and the errors of tasks that failed (a failing task does not
+        stop the run).
+    """
+    if workers < 1 or entries < 0:
+        raise ValueError("workers must be >= 1 and entries >= 0")
+    task = _TASKS[strategy]
+    tasks = ((os.fspath(index_path), i) for i in range(entries))
+    errors: list[str] = []
+    start = time.perf_counter()
+    pool: multiprocessing.pool.Pool
+    if engine == "processes":
+        pool = multiprocessing.Pool(workers)
+    elif engine == "threads":
+        pool = multiprocessing.pool.ThreadPool(workers)
+    else:
+        raise ValueError(f"unknown engine {engine!r}")
+    with pool:
+        results: Iterator[str | None] = pool.imap_unordered(task, tasks, chunksize=1)
+        for error in results:
+            if error is not None:
+                errors.append(error)
+            if progress is not None:
+                progress.update()
+        pool.close()
+        pool.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        logger.info("%d of %d tasks failed; first: %s", len(errors), entries, errors[0])
+    return RunResult(strategy, engine, workers, entries, elapsed, errors)
+
+
+def _value_problem(row: dict[str, str], i: int | None) -> str | None:
+    """Why a demo row's values are implausible, or None."""
+    if i is not None and row.get("subject_id") != f"subject_{i % 10}":
+        return f"subject_id {row.get('subject_id')!r}"
+    if row.get("modality") not in MODALITIES:
+        return f"modality {row.get('modality')!r}"
+    try:
+        score = float(row.get("quality_score", ""))
+    except ValueError:
+        return f"quality_score {row.get('quality_score')!r}"
+    if not 0 <= score <= 1:
+        return f"quality_score {row.get('quality_score')!r}"
+    try:
+        datetime.fromisoformat(row.get("timestamp", ""))
+    except ValueError:
+        return f"timestamp {row.get('timestamp')!r}"
+    return None
+
+
+def _examples(items: list[str], limit: int = 3) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def verify_index(index_path: str | os.PathLike[str], entries: int) -> list[str]:
+    """Check a demo index: every entry exactly once, every column, sane values.
+
+    Reads the index with :meth:`~index_writer.IndexWriter.read_rows` (a
+    locked, consistent snapshot) and checks the row count, that the paths
+    are exactly ``demo_path(0) ... demo_path(entries - 1)`` with none
+    repeated, that every column of :data:`DEMO_COLUMNS` is present, and that
+    each row's values are plausible and in the right column (``subject_id``
+    matches the path's number, ``modality`` is one of :data:`MODALITIES`,
+    ``quality_score`` is in [0, 1], ``timestamp`` is ISO 8601).
+
+    Parameters
+    ----------
+    index_path : str or os.PathLike
+        The index the demo wrote.
+    entries : int
+        How many entries the demo wrote.
+
+    Returns
+    -------
+    list[str]
+        One line per problem; empty when the index is correct.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> index = Path(tempfile.mkdtemp()) / "index.csv"
+    >>> verify_index(index, 5)[0].endswith("does not exist")
+    True
+    """
+    from . import IndexWriter
+
+    path = Path(index_path)
+    if not path.exists():
+        return [f"{path} does not exist"]
+    try:
+        rows = IndexWriter(path).read_rows()
+    except IndexWriterError as exc:
+        return [str(exc)]
+    except OSError as exc:
+        return [f"{path}: {exc.strerror or exc}"]
+
+    problems: list[str] = []
+    if len(rows) != entries:
+        problems.append(f"expected {entries} rows, found {len(rows)}")
+    columns = list(rows[0]) if rows else []
+    missing_cols = [c for c in DEMO_COLUMNS if c not in columns]
+    if rows and missing_cols:
+        problems.append(f"missing column(s): {', '.join(missing_cols)}")
+    counts = Counter(row.get("path", "") for row in rows)
+    repeated = sorted(p for p, k in counts.items() if k > 1)
+    if repeated:
+        problems.append(f"{len(repeated)} path(s) recorded more than once: {_examples(repeated)}")
+    number = {demo_path(i): i for i in range(entries)}
+    absent = [p for p in number if p not in counts]
+    if absent:
+        problems.append(f"{len(absent)} entries missing: {_examples(absent)}")
+    unexpected = sorted(p for p in counts if p not in number)
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} unexpected path(s): {_examples([repr(p) for p in unexpected])}"
+        )
+    empty: list[str] = []
+    bad: list[str] = []
+    for row in rows:
+        p = row.get("path", "")
+        if any(not row.get(c) for c in DEMO_COLUMNS):
+            empty.append(p)
+            continue
+        why = _value_problem(row, number.get(p))
+        if why is not None:
+            bad.append(f"{p} ({why})")
+    if empty:
+        problems.append(f"{len(empty)} row(s) with an empty column: {_examples(empty)}")
+    if bad:
+        problems.append(f"{len(bad)} row(s) with implausible values: {_examples(bad)}")
+    return problems
