@@ -29,6 +29,7 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -109,6 +110,11 @@ def _task_rewrite_all(task: tuple[str, int]) -> str | None:
     except Exception as exc:  # the baseline may fail in any way; count it
         return f"{demo_path(i)}: {type(exc).__name__}: {exc}"
     return None
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops the pool quietly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 _TASKS: dict[Strategy, Callable[[tuple[str, int]], str | None]] = {
@@ -310,7 +316,7 @@ def run_workload(
     start = time.perf_counter()
     pool: multiprocessing.pool.Pool
     if engine == "processes":
-        pool = multiprocessing.Pool(workers)
+        pool = multiprocessing.Pool(workers, initializer=_ignore_sigint)
     elif engine == "threads":
         pool = multiprocessing.pool.ThreadPool(workers)
     else:
