@@ -20,7 +20,6 @@ byte-for-byte. The scanner has no field size limit and never touches
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -557,48 +556,31 @@ def dedupe(
     y,2
     x,3
     """
-    # The locked rewrite reuses the core's own pieces (its lock with the thread
-    # layer, the crash journal, the atomic replace) so that it composes with
-    # concurrent writers exactly as their own rewrites do. This block is the
-    # one place outside the core that touches them; a public core primitive
-    # (a locked "rewrite these bytes" hook) would replace it.
-    from . import _files
     from ._writer import IndexWriter
 
     path = Path(index_path)
     if not path.exists():
         # Taking the lock would create files next to a path that is not there.
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
-    writer = IndexWriter(path, lock_path, timeout=timeout)
-    target = os.path.abspath(path)
-    journal = writer._lock.acquire()
-    try:
-        writer._recover(journal)
-        with open(target, "rb") as f:
-            like = os.fstat(f.fileno())
-            data = f.read()
+    writer = IndexWriter(path, lock_path, timeout=timeout, durable=True)
+    drop: list[Record] = []
+
+    def without_duplicates(data: bytes) -> bytes | None:
         report, records = _analyse(path, data, filepath_column)
         if report.blocking:
             raise DedupeRefused(report)
         if not report.duplicate_rows:
-            return 0
-        drop = _keep_last(records, report.columns.index(filepath_column))
+            return None
+        drop.extend(_keep_last(records, report.columns.index(filepath_column)))
         chunks: list[bytes] = []
         pos = 0
         for rec in drop:
             chunks.append(data[pos : rec.start])
             pos = rec.end
         chunks.append(data[pos:])
-        temp = _files.new_temp_name(target)
-        journal.write(
-            json.dumps({"op": "rewrite", "index": target, "temp": temp}).encode(),
-            True,
-        )
-        try:
-            _files.replace(target, temp, chunks, like, durable=True)
-        finally:
-            journal.clear()
-    finally:
-        writer._lock.release()
+        return b"".join(chunks)
+
+    if not writer._replace_contents(without_duplicates):
+        return 0
     logger.info("removed %d duplicate rows from %s", len(drop), path)
     return len(drop)

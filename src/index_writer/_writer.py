@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -472,6 +472,53 @@ class IndexWriter:
         except (OSError, threading.ThreadError) as e:
             raise IndexReadError(self.index_path, e) from e
 
+    def _replace_contents(self, transform: Callable[[bytes], bytes | None]) -> bool:
+        """Rewrite the whole index under the lock, atomically (for maintenance).
+
+        ``transform`` gets the file's bytes and returns the new bytes, or
+        None to leave the file alone; it runs under the lock after crash
+        recovery, so no writer changes the file in between. The new file
+        replaces the old one as every rewrite does (temporary file, same
+        permission bits, ``os.replace``, journaled, fsynced if ``durable``).
+
+        Returns
+        -------
+        bool
+            Whether the file was replaced.
+
+        Raises
+        ------
+        FileNotFoundError
+            The index does not exist.
+        OSError
+            Reading or replacing failed; the index is untouched.
+        """
+        journal = self._lock.acquire()
+        try:
+            self._recover(journal)
+            fd = os.open(self._index, os.O_RDONLY | _platform.O_BINARY)
+            try:
+                like = os.fstat(fd)
+                data = _pread_all(fd, like.st_size, 0)
+            finally:
+                os.close(fd)
+            new = transform(data)
+            if new is None:
+                return False
+            temp = _files.new_temp_name(self._index)
+            journal.write(self._rewrite_record(temp), self.durable)
+            try:
+                _files.replace(self._index, temp, [new], like, self.durable)
+            finally:
+                _clear_quietly(journal)
+            _known.pop(self._key, None)
+            return True
+        finally:
+            self._lock.release()
+
+    def _rewrite_record(self, temp: str) -> bytes:
+        return json.dumps({"op": "rewrite", "index": self._index, "temp": temp}).encode()
+
     # ------------------------------------------------------------ internals
 
     def _read_all(self, fd: int) -> list[dict[str, str]]:
@@ -843,10 +890,7 @@ class IndexWriter:
 
         like = os.fstat(fd)
         temp = _files.new_temp_name(self._index)
-        journal.write(
-            json.dumps({"op": "rewrite", "index": self._index, "temp": temp}).encode(),
-            self.durable,
-        )
+        journal.write(self._rewrite_record(temp), self.durable)
         try:
             st = _files.replace(self._index, temp, chunks(), like, self.durable)
         except csv.Error as e:  # pragma: no cover - the file was checked before
