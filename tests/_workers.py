@@ -1,0 +1,466 @@
+"""Picklable worker functions and index checks for the real-world safety tests.
+
+Every row written here is *self-checking*: all its values are derived from its
+path and a revision number (:func:`expected_values`), so a value that lands in
+the wrong column, a row cut short, or two rows run together is caught without
+knowing which process, thread or engine wrote it.
+
+The functions live in an importable module (not in the test files) so that
+``spawn``/``forkserver`` children, loky and dask workers can unpickle them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from index_writer import IndexWriter
+
+#: Length of the value in the ``blob`` column of "big" entries (``/big`` paths).
+BLOB_CHARS = 50_000
+
+
+# ---------------------------------------------------------------- the rows
+
+
+def entry_path(tag: str, i: int) -> str:
+    """The path recorded by entry ``i`` of the writer tagged ``tag``."""
+    return f"{tag}/e{i:06d}.nii.gz"
+
+
+def big_path(tag: str, i: int) -> str:
+    """A path whose row carries a ``BLOB_CHARS``-character value."""
+    return f"{tag}/big{i:06d}.nii.gz"
+
+
+def _digest(path: str, rev: int) -> str:
+    return hashlib.blake2b(f"{path}#{rev}".encode(), digest_size=8).hexdigest()
+
+
+def context_for(path: str, rev: int = 0) -> dict[str, Any]:
+    """The context written for ``path`` at revision ``rev``.
+
+    Derived from the path alone: a few columns always, a tricky value (comma,
+    quotes, CR LF, non-ASCII) for some paths, one of three extra columns for
+    others (so new columns appear in the middle of a run and force
+    rewrites), ``None`` for some, and the key order reversed for half of them
+    (so writers disagree on column order). Paths starting with ``plain`` get
+    no tricky value and no ``None``: med-imagetools' original writer would
+    store ``"None"`` and turn CR LF inside a value into LF.
+    """
+    h = _digest(path, 0)
+    k = int(h[:4], 16)
+    plain = path.startswith("plain")
+    ctx: dict[str, Any] = {
+        "subject": f"sub-{h[:6]}",
+        "digest": _digest(path, rev),
+        "rev": rev,
+        "length": len(path),
+    }
+    if not plain and k % 5 == 0:
+        ctx["note"] = f'"{path}", said "x"\r\nline 2 é'
+    if k % 11 == 0:
+        ctx[f"extra_{k % 3}"] = path[::-1]
+    if not plain and k % 13 == 0:
+        ctx["empty"] = None
+    if "/big" in path:
+        ctx["blob"] = (h * (BLOB_CHARS // len(h) + 1))[:BLOB_CHARS]
+    if k % 2:
+        ctx = dict(reversed(list(ctx.items())))
+    return ctx
+
+
+def expected_values(path: str, rev: int) -> dict[str, str]:
+    """What the index must hold for ``path`` at ``rev``: column -> stored text."""
+    return {k: "" if v is None else str(v) for k, v in context_for(path, rev).items()}
+
+
+# --------------------------------------------------------------- checking
+
+
+def read_csv(index: str | os.PathLike[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and records of ``index`` as Python's csv module reads them."""
+    with open(index, newline="", encoding="utf-8") as f:
+        records = [r for r in csv.reader(f, strict=True) if r]
+    if not records:
+        return [], []
+    return records[0], records[1:]
+
+
+def check_index(
+    index: str | os.PathLike[str],
+    *,
+    exact: Iterable[str] | None = None,
+    acked: Mapping[str, int] | None = None,
+    revs: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Check every row of ``index``; return ``{path: rev}``.
+
+    - :meth:`IndexWriter.read_rows` runs first (it rolls back a write cut
+      short by a crash), then the raw file is parsed with the csv module and
+      both must agree;
+    - no duplicate column, every record has exactly one field per column;
+    - every row is self-consistent (:func:`expected_values`) and no expected
+      value is missing from the header;
+    - every path appears once; with ``exact``, the paths are exactly those;
+      with ``acked``, each acknowledged path is present at that revision or
+      later; with ``revs``, each path is at exactly that revision.
+
+    Raises AssertionError listing the first problems found.
+    """
+    rows = IndexWriter(index).read_rows()
+    header, records = read_csv(index)
+    problems: list[str] = []
+    if len(set(header)) != len(header):
+        problems.append(f"duplicate columns in header {header}")
+    if "path" not in header or "rev" not in header:
+        problems.append(f"header lacks path/rev: {header}")
+        raise AssertionError("\n".join(problems))
+    counts: Counter[str] = Counter()
+    found: dict[str, int] = {}
+    for n, fields in enumerate(records, start=2):
+        if len(fields) != len(header):
+            problems.append(f"record {n}: {len(fields)} fields, header has {len(header)}")
+            continue
+        row = dict(zip(header, fields, strict=True))
+        p = row["path"]
+        counts[p] += 1
+        if not row["rev"].isdigit():
+            problems.append(f"record {n} ({p!r}): rev {row['rev']!r}")
+            continue
+        rev = int(row["rev"])
+        found[p] = rev
+        want = expected_values(p, rev)
+        for col in header:
+            if col != "path" and row[col] != want.get(col, ""):
+                problems.append(
+                    f"record {n} ({p!r}): column {col!r} = {row[col][:60]!r}, "
+                    f"expected {want.get(col, '')[:60]!r}"
+                )
+        for col, value in want.items():
+            if col not in header and value:
+                problems.append(f"record {n} ({p!r}): column {col!r} missing from header")
+    dups = sorted(p for p, c in counts.items() if c > 1)
+    if dups:
+        problems.append(f"{len(dups)} paths appear more than once, e.g. {dups[:5]}")
+    if exact is not None:
+        want_paths = set(exact)
+        missing = sorted(want_paths - counts.keys())
+        extra = sorted(counts.keys() - want_paths)
+        if missing:
+            problems.append(f"{len(missing)} entries lost, e.g. {missing[:5]}")
+        if extra:
+            problems.append(f"{len(extra)} unexpected entries, e.g. {extra[:5]}")
+    if acked is not None:
+        lost = sorted(p for p in acked if p not in found)
+        stale = sorted(p for p, r in acked.items() if p in found and found[p] < r)
+        if lost:
+            problems.append(
+                f"{len(lost)} acknowledged entries lost (of {len(acked)}), e.g. {lost[:5]}"
+            )
+        if stale:
+            problems.append(f"{len(stale)} acknowledged replacements lost, e.g. {stale[:5]}")
+    if revs is not None:
+        wrong = sorted(p for p, r in revs.items() if found.get(p) != r)
+        if wrong:
+            problems.append(f"{len(wrong)} paths not at their last revision, e.g. {wrong[:5]}")
+    as_dicts = [dict(zip(header, f, strict=True)) for f in records if len(f) == len(header)]
+    if rows != as_dicts:
+        problems.append(
+            f"read_rows() ({len(rows)} rows) differs from the csv module ({len(as_dicts)} rows)"
+        )
+    if problems:
+        raise AssertionError(f"{index}: {len(problems)} problems:\n" + "\n".join(problems[:25]))
+    return found
+
+
+def stray_temp_files(directory: str | os.PathLike[str]) -> list[str]:
+    """Temporary files a rewrite left behind in ``directory``."""
+    return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
+
+
+# --------------------------------------------------------------- workers
+
+
+def write_range(
+    index: str,
+    tag: str,
+    n: int,
+    batch: int = 1,
+    start_event: Any = None,
+) -> int:
+    """Write entries ``0..n-1`` of ``tag``, ``batch`` at a time; return the pid."""
+    w = IndexWriter(index)
+    if start_event is not None:
+        start_event.wait()
+    for lo in range(0, n, batch):
+        paths = [entry_path(tag, i) for i in range(lo, min(n, lo + batch))]
+        if batch == 1:
+            w.write_entry(paths[0], context_for(paths[0]))
+        else:
+            w.write_entries((p, context_for(p)) for p in paths)
+    return os.getpid()
+
+
+def write_threads(index: str, tag: str, n_threads: int, n: int, start_event: Any = None) -> int:
+    """``n_threads`` threads each write ``n`` entries; raise if any thread failed.
+
+    Even threads share one writer object, odd threads make their own, and
+    every third thread writes in small batches.
+    """
+    shared = IndexWriter(index)
+    barrier = threading.Barrier(n_threads)
+    errors: list[BaseException] = []
+
+    def run(t: int) -> None:
+        try:
+            w = shared if t % 2 == 0 else IndexWriter(index)
+            barrier.wait()
+            sub = f"{tag}-t{t}"
+            if t % 3 == 2:
+                for lo in range(0, n, 7):
+                    ps = [entry_path(sub, i) for i in range(lo, min(n, lo + 7))]
+                    w.write_entries([(p, context_for(p)) for p in ps])
+            else:
+                for i in range(n):
+                    p = entry_path(sub, i)
+                    w.write_entry(p, context_for(p))
+        except BaseException as e:
+            errors.append(e)
+
+    if start_event is not None:
+        start_event.wait()
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return os.getpid()
+
+
+def thread_paths(tag: str, n_threads: int, n: int) -> set[str]:
+    """The paths :func:`write_threads` writes."""
+    return {entry_path(f"{tag}-t{t}", i) for t in range(n_threads) for i in range(n)}
+
+
+def task_new_writer(index: str, i: int) -> int:
+    """One task of the seed's example: a fresh writer, one entry."""
+    p = entry_path("task", i)
+    IndexWriter(index).write_entry(p, context_for(p))
+    return os.getpid()
+
+
+def task_shared_writer(writer: IndexWriter, i: int) -> int:
+    """One task using a writer made in the parent and pickled into the worker."""
+    p = entry_path("shared", i)
+    writer.write_entry(p, context_for(p))
+    return os.getpid()
+
+
+def task_from_blob(serializer: str, blob: bytes, tag: str, n: int) -> tuple[int, str]:
+    """Unpickle a writer with ``serializer`` (pickle, cloudpickle, dill) and use it."""
+    writer = importlib.import_module(serializer).loads(blob)
+    assert isinstance(writer, IndexWriter)
+    for i in range(n):
+        p = entry_path(tag, i)
+        writer.write_entry(p, context_for(p))
+    return os.getpid(), repr(writer)
+
+
+# ------------------------------------------------------------ crash tests
+
+
+def _ack(fd: int, items: Iterable[tuple[str, int]]) -> None:
+    os.write(fd, "".join(f"{p}\t{r}\n" for p, r in items).encode())
+
+
+def read_acks(ack_paths: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
+    """The acknowledged ``{path: rev}`` of killed workers (complete lines only)."""
+    acked: dict[str, int] = {}
+    for ack in ack_paths:
+        with contextlib.suppress(FileNotFoundError):
+            data = Path(ack).read_bytes()
+            for line in data.split(b"\n")[:-1]:  # the last piece has no newline
+                p, r = line.decode().split("\t")
+                acked[p] = max(acked.get(p, 0), int(r))
+    return acked
+
+
+def kill_worker(index: str, tag: str, ack_path: str, log_path: str, seed: int) -> None:
+    """Write to ``index`` forever (until SIGKILLed), acknowledging each write.
+
+    A write is acknowledged by appending ``path<TAB>rev`` lines to
+    ``ack_path`` *after* ``write_entry``/``write_entries`` returned. The mix:
+    single entries, small batches, batches of many small rows (~2 MB), batches
+    of a few huge rows (~2 MB), and real replacements of this worker's own
+    acknowledged rows (``replace_existing`` with a new revision: a rewrite).
+    Warnings of the library (roll-backs of torn writes) go to ``log_path``.
+    """
+    logging.basicConfig(
+        filename=log_path,
+        level=logging.WARNING,
+        format="%(process)d %(name)s %(message)s",
+        force=True,
+    )
+    rng = random.Random(seed)
+    w = IndexWriter(index)
+    fd = os.open(ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    mine: dict[str, int] = {}
+    i = 0
+    while True:
+        r = rng.random()
+        if r < 0.45:
+            p = entry_path(tag, i)
+            i += 1
+            w.write_entry(p, context_for(p))
+            done = [(p, 0)]
+        elif r < 0.8:
+            ps = [entry_path(tag, j) for j in range(i, i + rng.randint(2, 300))]
+            i += len(ps)
+            w.write_entries([(p, context_for(p)) for p in ps])
+            done = [(p, 0) for p in ps]
+        elif r < 0.86:
+            ps = [entry_path(tag, j) for j in range(i, i + 15_000)]
+            i += len(ps)
+            w.write_entries([(p, context_for(p)) for p in ps])
+            done = [(p, 0) for p in ps]
+        elif r < 0.92:
+            ps = [big_path(tag, j) for j in range(i, i + 40)]
+            i += len(ps)
+            w.write_entries([(p, context_for(p)) for p in ps])
+            done = [(p, 0) for p in ps]
+        elif mine:
+            p = rng.choice(list(mine))
+            rev = mine[p] + 1
+            w.write_entry(p, context_for(p, rev), replace_existing=True)
+            done = [(p, rev)]
+        else:
+            continue
+        _ack(fd, done)
+        for p, rev in done:
+            if "/big" not in p and (rev or rng.random() < 0.01):
+                mine[p] = rev
+
+
+def hold_lock_until_told(lock_path: str, conn: Any) -> None:
+    """Hold a fasteners lock on ``lock_path`` (as med-imagetools takes it).
+
+    Sends ``"held"`` once locked, releases on any message, then sends
+    ``"released"``.
+    """
+    import fasteners
+
+    lock = fasteners.InterProcessLock(lock_path)
+    lock.acquire()
+    conn.send("held")
+    conn.recv()
+    lock.release()
+    conn.send("released")
+
+
+def unlink_loop(lock_path: str, stop: Any, count: Any) -> None:
+    """Delete ``lock_path`` over and over, as med-imagetools does at the end of a run."""
+    n = 0
+    while not stop.is_set():
+        try:
+            os.unlink(lock_path)
+            n += 1
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0005)
+    count.value = n
+
+
+def replace_worker(index: str, tag: str, n: int) -> int:
+    """Append ``n`` entries, replacing (rewriting) every fifth with revision 1."""
+    w = IndexWriter(index)
+    for i in range(n):
+        p = entry_path(tag, i)
+        w.write_entry(p, context_for(p))
+        if i % 5 == 4:
+            q = entry_path(tag, i - 2)
+            w.write_entry(q, context_for(q, 1), replace_existing=True)
+    return os.getpid()
+
+
+def replace_worker_revs(tag: str, n: int) -> dict[str, int]:
+    """The final ``{path: rev}`` of :func:`replace_worker`."""
+    revs = {entry_path(tag, i): 0 for i in range(n)}
+    for i in range(n):
+        if i % 5 == 4:
+            revs[entry_path(tag, i - 2)] = 1
+    return revs
+
+
+# ----------------------------------------------------- the original writer
+
+
+def load_original(module_file: str) -> Any:
+    """Import med-imagetools' ``index_writer.py`` from its file (once per process)."""
+    name = "_imgtools_index_writer_2_16"
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, module_file)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def original_write_range(module_file: str, index: str, tag: str, n: int, start_event: Any) -> int:
+    """Write ``n`` entries with med-imagetools' original IndexWriter."""
+    w = load_original(module_file).IndexWriter(Path(index))
+    start_event.wait()
+    for i in range(n):
+        p = entry_path(tag, i)
+        w.write_entry(Path(p), context_for(p))
+    return os.getpid()
+
+
+def hold_writer_lock_until_told(index: str, conn: Any) -> None:
+    """Hold an IndexWriter's own lock (both layers, as a write does) until told.
+
+    Sends ``"held"`` once locked, releases on any message, then sends
+    ``"released"``.
+    """
+    w = IndexWriter(index)
+    w._lock.acquire()
+    try:
+        conn.send("held")
+        conn.recv()
+    finally:
+        w._lock.release()
+    conn.send("released")
+
+
+def locked_unlink_loop(index: str, stop: Any, count: Any) -> None:
+    """Delete ``<index>.lock`` over and over, each time while holding the lock."""
+    w = IndexWriter(index)
+    n = 0
+    while not stop.is_set():
+        w._lock.acquire()
+        try:
+            os.unlink(index + ".lock")
+            n += 1
+        except FileNotFoundError:
+            pass
+        finally:
+            w._lock.release()
+        time.sleep(0.0005)
+    count.value = n

@@ -1,0 +1,400 @@
+"""Writers killed with SIGKILL, and the crash journal that rolls their writes back.
+
+A writer killed at any instant must leave an index that reads (with
+``read_rows`` and with the csv module), holds every entry whose
+``write_entry``/``write_entries`` had returned, and has no partial row.
+
+The journal (``_lock.Journal``) lives in the lock file: before an append the
+writer records ``{"op": "append", "dev", "ino", "offset", "length"}`` after
+``MAGIC + b"A"``; afterwards it overwrites ``A`` with ``D``. The next lock
+holder truncates an append that is still marked active and is cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from _workers import (
+    big_path,
+    check_index,
+    context_for,
+    entry_path,
+    kill_worker,
+    read_acks,
+    stray_temp_files,
+    write_range,
+)
+from index_writer import IndexWriter
+from index_writer._lock import Journal
+
+FORK = multiprocessing.get_context("fork")
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL and fork are POSIX")
+
+
+# ------------------------------------------------------- random SIGKILLs
+
+
+def _lock_holder(lock_path: str) -> int | None:
+    """The pid holding the POSIX lock on ``lock_path``, from /proc/locks."""
+    try:
+        ino = os.stat(lock_path).st_ino
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        # "1: POSIX  ADVISORY  WRITE 4242 00:1f:1234 0 EOF"
+        if len(parts) >= 6 and parts[1] == "POSIX" and parts[5].endswith(f":{ino}"):
+            return int(parts[4])
+    return None
+
+
+def _wait_for_active_journal(lock_path: str, seconds: float, big_append: bool) -> bool:
+    """Poll the lock file until its journal shows an operation in progress.
+
+    With ``big_append``, only an append of more than 1 MB counts (the only
+    appends long enough for a kill to land inside them).
+    """
+    marker = len(Journal.MAGIC)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(lock_path, "rb") as f:
+                data = f.read(4096)
+        except OSError:
+            continue
+        if data[marker : marker + 1] != b"A":
+            continue
+        if not big_append:
+            return True
+        try:
+            record = json.loads(data[marker + 1 :].split(b"\n")[0])
+        except ValueError:
+            continue
+        if record.get("op") == "append" and record.get("length", 0) > 1_000_000:
+            return True
+    return False
+
+
+def test_sigkill_writers_at_random_moments(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3 writers at a time, one SIGKILLed and replaced every 20-300 ms, ~7 s.
+
+    The writers mix single entries, small batches, ~2 MB batches (so kills
+    land inside a long write) and real replacements (rewrites: kills land
+    between the temp file and the rename). Each acknowledges its entries in a
+    side file only after the write call returned. 40% of the kills come at
+    a uniformly random moment; the others wait until the crash journal shows
+    a write in progress and kill the process holding the lock (found in
+    /proc/locks), or, half of them, wait for an append of more than 1 MB to
+    start and kill all writers at once, to land inside appends and rewrites
+    far more often than chance would.
+    """
+    index = str(tmp_path / "index.csv")
+    lock = index + ".lock"
+    rng = random.Random(os.getpid() ^ int(time.time()))
+    acks: list[str] = []
+    logs: list[str] = []
+    gen = 0
+
+    def spawn() -> multiprocessing.process.BaseProcess:
+        nonlocal gen
+        gen += 1
+        ack, log = str(tmp_path / f"ack{gen}"), str(tmp_path / f"log{gen}")
+        acks.append(ack)
+        logs.append(log)
+        p = FORK.Process(target=kill_worker, args=(index, f"k{gen}", ack, log, rng.random()))
+        p.start()
+        return p
+
+    live = [spawn() for _ in range(3)]
+    kills = targeted = 0
+    deadline = time.monotonic() + 7
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.02, 0.3))  # let time pass: the kill lands anywhere
+        k = rng.randrange(len(live))
+        aim = rng.random()
+        if aim < 0.3 and _wait_for_active_journal(lock, 0.5, big_append=True):
+            # Kill every writer at once: no time lost finding the holder.
+            for p in live:
+                os.kill(p.pid, signal.SIGKILL)
+            for k, p in enumerate(live):
+                p.join()
+                assert p.exitcode == -signal.SIGKILL
+                live[k] = spawn()
+            kills += len(live)
+            targeted += 1
+            continue
+        k = rng.randrange(len(live))
+        if aim < 0.6 and _wait_for_active_journal(lock, 0.5, big_append=False):
+            holder = _lock_holder(lock)
+            pids = [p.pid for p in live]
+            if holder in pids:
+                k = pids.index(holder)
+                targeted += 1
+        assert live[k].is_alive(), f"a writer died by itself (exit code {live[k].exitcode})"
+        os.kill(live[k].pid, signal.SIGKILL)
+        live[k].join()
+        kills += 1
+        live[k] = spawn()
+    for p in live:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+    kills += len(live)
+
+    acked = read_acks(acks)
+    with caplog.at_level(logging.WARNING, logger="index_writer"):
+        found = check_index(index, acked=acked)
+    # Everything in the index was written by one of the workers.
+    assert all(p.startswith("k") for p in found)
+    # A rewrite cut short leaves a temp file; the next holder removes it.
+    assert stray_temp_files(tmp_path) == []
+    log = "".join(Path(f).read_text() for f in logs if os.path.exists(f)) + caplog.text
+    assert "could not" not in log  # no failed roll-back
+    print(
+        f"\n{kills} kills ({targeted} aimed at a write in progress), {len(acked)} acknowledged, "
+        f"{len(found)} rows, {os.path.getsize(index) / 1e6:.1f} MB; appends rolled back: "
+        f"{log.count('rolled back')}, rewrite temp files removed: {log.count('removed')}"
+    )
+
+
+# --------------------------------------------- SIGKILL inside one big write
+
+
+def _big_batch(index: str, n: int) -> None:
+    rows = [(big_path("huge", i), context_for(big_path("huge", i))) for i in range(n)]
+    IndexWriter(index).write_entries(rows)
+    os._exit(3)  # the write returned: the test wanted to kill it before
+
+
+def test_sigkill_inside_a_large_append_is_rolled_back(tmp_path: Path) -> None:
+    """Kill a writer while its 65 MB append is half on disk; the next one rolls it back.
+
+    The parent watches the index grow and sends SIGKILL as soon as the first
+    bytes of the batch appear, which lands inside the ``os.write`` (the
+    kernel stops a write between pages for a fatal signal). Retried a few
+    times in the unlikely case the write completes first.
+    """
+    index = str(tmp_path / "index.csv")
+    write_range(index, "base", 50)
+    big = big_path("base", 0)
+    IndexWriter(index).write_entry(big, context_for(big))  # so the batch adds no column
+    base = {entry_path("base", i) for i in range(50)} | {big}
+    before = Path(index).read_bytes()
+    torn_seen = False
+    for _ in range(4):
+        child = FORK.Process(target=_big_batch, args=(index, 1300))
+        child.start()
+        while os.stat(index).st_size == len(before) and child.exitcode is None:
+            pass
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        if child.exitcode == 3:  # the write completed before the kill: undo it
+            continue
+        size = os.stat(index).st_size
+        if size > len(before):
+            torn_seen = True
+            journal = Path(index + ".lock").read_bytes()
+            assert journal.startswith(Journal.MAGIC + b"A"), journal[:80]
+            record = json.loads(journal[len(Journal.MAGIC) + 1 :].split(b"\n")[0])
+            assert record["op"] == "append"
+            assert record["offset"] == len(before) < size < len(before) + record["length"]
+        # The next writer (here a reader: same lock, same recovery) rolls back.
+        check_index(index, exact=base)
+        assert Path(index).read_bytes() == before
+        assert (
+            Path(index + ".lock").read_bytes()[len(Journal.MAGIC) : len(Journal.MAGIC) + 1] == b"D"
+        )
+        if torn_seen:
+            break
+    assert torn_seen, "never managed to kill the writer inside its write"
+    # And writing goes on normally.
+    write_range(index, "after", 5)
+    check_index(index, exact=base | {entry_path("after", i) for i in range(5)})
+
+
+# -------------------------------------- journal states, made deterministically
+
+
+def _index_with_rows(tmp_path: Path, n: int = 5) -> tuple[str, bytes]:
+    index = str(tmp_path / "index.csv")
+    write_range(index, "base", n)
+    return index, Path(index).read_bytes()
+
+
+def _fake_crash_journal(index: str, record: dict[str, object]) -> None:
+    """Leave the lock file as a writer killed between journal and commit does."""
+    Path(index + ".lock").write_bytes(Journal.MAGIC + b"A" + json.dumps(record).encode() + b"\n")
+
+
+def _torn_append(index: str, before: bytes, fraction: float) -> bytes:
+    """Append a fraction of a real row, and the journal record for the whole row."""
+    p = entry_path("torn", 0)
+    row = f"{p},{','.join('x' * 40 for _ in range(4))}\n".encode()
+    st = os.stat(index)
+    _fake_crash_journal(
+        index,
+        {
+            "op": "append",
+            "index": os.path.abspath(index),
+            "dev": st.st_dev,
+            "ino": st.st_ino,
+            "offset": len(before),
+            "length": len(row),
+        },
+    )
+    part = row[: max(1, int(len(row) * fraction))]
+    with open(index, "ab") as f:
+        f.write(part)
+    return row
+
+
+def _recover_in_fresh_process(index: str, tag: str) -> None:
+    """A brand-new process (no cached knowledge) writes one entry."""
+    child = FORK.Process(target=write_range, args=(index, tag, 1))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.5, 0.99])
+def test_torn_append_is_truncated_by_the_next_writer(tmp_path: Path, fraction: float) -> None:
+    index, before = _index_with_rows(tmp_path)
+    _torn_append(index, before, fraction)
+    assert len(Path(index).read_bytes()) > len(before)
+    _recover_in_fresh_process(index, "next")
+    after = Path(index).read_bytes()
+    assert after.startswith(before)
+    assert b"torn" not in after
+    check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})
+    assert Path(index + ".lock").read_bytes()[len(Journal.MAGIC) : len(Journal.MAGIC) + 1] == b"D"
+
+
+def test_torn_append_is_truncated_in_the_process_that_knows_the_file(tmp_path: Path) -> None:
+    """This process wrote the rows (its cached knowledge ends where the tear starts)."""
+    index, before = _index_with_rows(tmp_path)
+    _torn_append(index, before, 0.5)
+    rows = IndexWriter(index).read_rows()  # a reader recovers too
+    assert [r["path"] for r in rows] == [entry_path("base", i) for i in range(5)]
+    assert Path(index).read_bytes() == before
+    _torn_append(index, before, 0.3)
+    p = entry_path("next", 0)
+    IndexWriter(index).write_entry(p, context_for(p))
+    assert b"torn" not in Path(index).read_bytes()
+    check_index(index, exact={entry_path("base", i) for i in range(5)} | {p})
+
+
+def test_completed_append_with_uncleared_journal_is_kept(tmp_path: Path) -> None:
+    """Killed after the write but before marking it done: the row stays."""
+    index, before = _index_with_rows(tmp_path)
+    p = entry_path("done", 0)
+    IndexWriter(index).write_entry(p, context_for(p))
+    full = Path(index).read_bytes()
+    st = os.stat(index)
+    _fake_crash_journal(
+        index,
+        {
+            "op": "append",
+            "index": os.path.abspath(index),
+            "dev": st.st_dev,
+            "ino": st.st_ino,
+            "offset": len(before),
+            "length": len(full) - len(before),
+        },
+    )
+    _recover_in_fresh_process(index, "next")
+    assert Path(index).read_bytes().startswith(full)
+    check_index(index, exact={entry_path("base", i) for i in range(5)} | {p, entry_path("next", 0)})
+
+
+def test_file_without_final_newline_and_no_journal_keeps_its_last_row(tmp_path: Path) -> None:
+    """A file made elsewhere may end without a newline: that row is data, not a torn write."""
+    index = str(tmp_path / "index.csv")
+    p0, p1 = entry_path("made", 0), entry_path("made", 1)
+    IndexWriter(index).write_entries([(p0, context_for(p0)), (p1, context_for(p1))])
+    data = Path(index).read_bytes()
+    assert data.endswith(b"\n")
+    Path(index).write_bytes(data[:-1])  # as if saved by an editor
+    for lock in (Path(index + ".lock"),):
+        lock.unlink()  # no journal at all
+    _recover_in_fresh_process(index, "next")
+    assert Path(index).read_bytes().startswith(data)
+    check_index(index, exact={p0, p1, entry_path("next", 0)})
+
+
+def test_stale_journal_for_another_file_truncates_nothing(tmp_path: Path) -> None:
+    """An active record for a file that has since been replaced is ignored.
+
+    The index was rewritten (new inode) by someone else and now ends without
+    a newline: a journal naming the old inode must not cut its last row.
+    """
+    index, before = _index_with_rows(tmp_path)
+    st = os.stat(index)
+    _fake_crash_journal(
+        index,
+        {
+            "op": "append",
+            "index": os.path.abspath(index),
+            "dev": st.st_dev,
+            "ino": st.st_ino,
+            "offset": len(before) - 10,
+            "length": 1000,
+        },
+    )
+    tmp = index + ".new"
+    Path(tmp).write_bytes(before[:-1])  # same content, no final newline
+    os.replace(tmp, index)
+    assert os.stat(index).st_ino != st.st_ino
+    _recover_in_fresh_process(index, "next")
+    assert Path(index).read_bytes().startswith(before)
+    check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})
+
+
+def test_interrupted_rewrite_leaves_old_index_and_temp_is_removed(tmp_path: Path) -> None:
+    """A writer killed during a rewrite leaves its temp file; the next holder deletes it."""
+    index, before = _index_with_rows(tmp_path)
+    temp = str(tmp_path / ".index.csv.12345.deadbeef.tmp")
+    Path(temp).write_bytes(before[: len(before) // 2])  # half-written new version
+    _fake_crash_journal(index, {"op": "rewrite", "index": os.path.abspath(index), "temp": temp})
+    _recover_in_fresh_process(index, "next")
+    assert not os.path.exists(temp)
+    assert Path(index).read_bytes().startswith(before)
+    check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})
+
+
+def _rewrite_then_die(index: str, conn) -> None:  # type: ignore[no-untyped-def]
+    """Start a real rewrite and get SIGKILLed once the temp file is being written."""
+    p = entry_path("base", 1)
+    conn.send("go")
+    IndexWriter(index).write_entry(p, {**context_for(p), "blob": "x" * 50_000_000})
+
+
+def test_sigkill_during_a_real_rewrite(tmp_path: Path) -> None:
+    """SIGKILL while a schema change writes its temp file: old index intact."""
+    index, before = _index_with_rows(tmp_path, 200)
+    parent, kid = multiprocessing.Pipe()
+    child = FORK.Process(target=_rewrite_then_die, args=(index, kid))
+    child.start()
+    assert parent.recv() == "go"
+    temp = None
+    while temp is None and child.exitcode is None:
+        temp = next(iter(stray_temp_files(tmp_path)), None)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert temp is not None, "the rewrite finished before it could be killed"
+    assert Path(index).read_bytes() == before
+    _recover_in_fresh_process(index, "next")
+    assert stray_temp_files(tmp_path) == []
+    check_index(index, exact={entry_path("base", i) for i in range(200)} | {entry_path("next", 0)})
