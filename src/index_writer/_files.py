@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 from collections.abc import Iterable
 
 from . import _platform
@@ -64,7 +63,7 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
 def new_temp_name(path: str) -> str:
     """A fresh temporary file name in ``path``'s directory (hidden, ``.tmp``)."""
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    return os.path.join(head, f".{tail}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
 def replace(

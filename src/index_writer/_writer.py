@@ -23,7 +23,6 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +45,56 @@ _HEAD_BYTES = 256
 _TAIL_BYTES = 64
 
 
-@dataclass
 class _Known:
-    """What this process knows about one index file, valid while it is unchanged."""
+    """What this process knows about one index file, valid while it is unchanged.
 
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    header: Header
-    colpos: dict[str, int]
-    lines: int
-    ends_clean: bool
-    head: bytes
-    tail: bytes
-    paths_column: str | None = None
-    paths: dict[str, int] | None = None  # path -> row start offset; -1: several rows
+    ``paths`` maps each path (of column ``paths_column``) to the byte offset
+    where its row starts, or -1 when several rows hold it; it is built only
+    once ``replace_existing`` needs it.
+    """
+
+    __slots__ = (
+        "colpos",
+        "dev",
+        "ends_clean",
+        "head",
+        "header",
+        "ino",
+        "lines",
+        "mtime_ns",
+        "paths",
+        "paths_column",
+        "size",
+        "tail",
+    )
+
+    def __init__(
+        self,
+        *,
+        dev: int,
+        ino: int,
+        size: int,
+        mtime_ns: int,
+        header: Header,
+        lines: int,
+        ends_clean: bool,
+        head: bytes,
+        tail: bytes,
+        paths_column: str | None = None,
+        paths: dict[str, int] | None = None,
+    ) -> None:
+        self.dev = dev
+        self.ino = ino
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.header = header
+        self.colpos = {c: i for i, c in enumerate(header.columns)}
+        self.lines = lines
+        self.ends_clean = ends_clean
+        self.head = head
+        self.tail = tail
+        self.paths_column = paths_column
+        self.paths = paths
 
 
 _known: dict[tuple[str, str], _Known] = {}
@@ -729,13 +762,12 @@ class IndexWriter:
         f.seek(0)
         header, scanner, records = read_header(f)
         columns = header.columns
-        colpos = {c: i for i, c in enumerate(columns)}
         n = len(columns)
         paths: dict[str, int] | None = None
         pidx = None
         if paths_column is not None:
             paths = {}
-            pidx = colpos.get(paths_column)
+            pidx = columns.index(paths_column) if paths_column in columns else None
         for line, start, fields in records:
             if len(fields) > n:
                 raise _too_wide(line, len(fields), n)
@@ -750,7 +782,6 @@ class IndexWriter:
             size=size,
             mtime_ns=st.st_mtime_ns,
             header=header,
-            colpos=colpos,
             lines=scanner.line,
             ends_clean=scanner.last_eol != "" or not scanner.consumed_any,
             head=_platform.pread(fd, min(size, _HEAD_BYTES), 0),
@@ -906,7 +937,6 @@ class IndexWriter:
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,
             header=Header(list(columns), header.bom, eol),
-            colpos={c: i for i, c in enumerate(columns)},
             lines=state["lines"],
             ends_clean=True,
             head=_pread_path(self._index, min(st.st_size, _HEAD_BYTES), 0),
