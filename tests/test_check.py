@@ -1,10 +1,14 @@
-"""The scanner behind ``index-writer check`` and its de-duplication, in-process."""
+"""``index-writer check`` and its de-duplication, in-process.
+
+The file is parsed by the table format module (tested in ``test_table.py``);
+these tests cover what the check makes of it.
+"""
 
 from __future__ import annotations
 
 import csv
-import io
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from index_writer import IndexWriter
-from index_writer._check import DedupeRefused, check_index, dedupe, scan_records
+from index_writer._check import DedupeRefused, check_index, dedupe, readable_rows
 
 # Text a CSV can hold: no NUL, no lone surrogates; plenty of the characters
 # that need quoting.
@@ -23,27 +27,6 @@ values = st.text(
     ),
     max_size=12,
 )
-rows = st.lists(st.lists(values, min_size=1, max_size=5), max_size=8)
-
-
-@settings(max_examples=300, deadline=None)
-@given(rows=rows, eol=st.sampled_from(["\n", "\r\n"]), final=st.booleans())
-def test_scanner_agrees_with_csv_module(rows: list[list[str]], eol: str, final: bool) -> None:
-    buf = io.StringIO(newline="")
-    csv.writer(buf, lineterminator=eol).writerows(rows)
-    text = buf.getvalue()
-    if not final and text.endswith(eol):
-        text = text[: -len(eol)]
-    data = text.encode("utf-8")
-    expected = list(csv.reader(io.StringIO(text, newline=""), strict=True))
-    got = [[f.decode("utf-8") for f in r.fields] for r in scan_records(data)]
-    assert got == expected
-    # Spans tile the file exactly.
-    pos = 0
-    for rec in scan_records(data):
-        assert rec.start == pos
-        pos = rec.end
-    assert pos == len(data)
 
 
 @settings(max_examples=100, deadline=None)
@@ -159,3 +142,118 @@ def test_dedupe_and_writer_threads_of_one_process(tmp_path: Path) -> None:
     assert removed[1:] == [0, 0]
     paths = [r["path"] for r in w.read_rows()]
     assert len(paths) == len(set(paths)) == 20 + 400
+
+
+@pytest.fixture
+def tiny_field_limit() -> Iterator[None]:
+    """Make every field too large for the C parser: the scanner restarts in Python."""
+    limit = csv.field_size_limit(2)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(limit)
+
+
+BLANKS_AND_ENDINGS = b'\r\npath,k\r\n\r\na,1\n\nb,"x\r\ny"\r\r\na,3\n\n'
+
+
+def report_of(index: Path) -> tuple[object, ...]:
+    r = check_index(index)
+    return (r.rows, r.columns, r.problems, r.notes, r.duplicate_rows, r.blocking)
+
+
+def test_blank_lines_and_line_endings_are_counted(tmp_path: Path) -> None:
+    index = tmp_path / "i.csv"
+    index.write_bytes(BLANKS_AND_ENDINGS)
+    report = check_index(index)
+    assert (report.rows, report.duplicate_rows) == (3, 1)
+    assert report.notes == [
+        "1 blank line before the header (ignored by readers)",
+        "4 blank lines (ignored by readers)",
+        # Terminators of records and blank lines, not the CR LF inside "x\r\ny".
+        "mixed line endings: 4 CR LF, 4 LF",
+    ]
+    assert report.problems[0].endswith("'a' on lines 4, 9")
+
+
+def test_python_parser_fallback_gives_the_same_report(
+    tmp_path: Path, tiny_field_limit: None
+) -> None:
+    index = tmp_path / "i.csv"
+    index.write_bytes(BLANKS_AND_ENDINGS)
+    with_fallback = report_of(index)
+    csv.field_size_limit(1 << 20)
+    assert report_of(index) == with_fallback
+
+
+def test_dedupe_keeps_blank_lines_and_line_endings(tmp_path: Path) -> None:
+    index = tmp_path / "i.csv"
+    index.write_bytes(BLANKS_AND_ENDINGS)
+    assert dedupe(index) == 1
+    # Only the record "a,1\n" went; the blank lines around it stayed.
+    assert index.read_bytes() == b'\r\npath,k\r\n\r\n\nb,"x\r\ny"\r\r\na,3\n\n'
+
+
+def test_missing_final_newline_names_the_last_line(tmp_path: Path) -> None:
+    index = tmp_path / "i.csv"
+    index.write_bytes(b'path,k\na,"x\ny"')
+    assert check_index(index).problems == ["no newline at the end of the file (after line 3)"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem", "rows"),
+    [
+        (
+            b"path,k\na,1\nb,\xe9t\xe9\nc,\xe9\n",
+            "not UTF-8: byte 0xe9 at line 3 (byte offset 13)",
+            1,
+        ),
+        (b"path,k\na,1\nb,\x00\nc,\x00\n", "binary data: NUL byte at line 3", 1),
+        (b'path,k\na,1\nb,"x"y\nc,"x"y\n', "text after a closing quote on 1 line: 3", 1),
+        (b'path,k\na,1\nb,"x\ny"z\n', "text after a closing quote on 1 line: 3", 1),
+        (
+            b'path,k\na,1\n\nb,"open\nc,3\n',
+            "unterminated quote: the quoted field opened on line 4 never closes "
+            "(the rest of the file is inside it)",
+            1,
+        ),
+        # The first problem in the file is reported, whatever its kind.
+        (b"path,k\na,\x00\nb,\xe9\n", "binary data: NUL byte at line 2", 0),
+        (b'path,k\na,"x"y\nb,\xe9\n', "text after a closing quote on 1 line: 2", 0),
+    ],
+)
+def test_reading_stops_at_the_first_fatal_problem(
+    tmp_path: Path, content: bytes, problem: str, rows: int
+) -> None:
+    index = tmp_path / "i.csv"
+    index.write_bytes(content)
+    report = check_index(index)
+    assert report.problems == [problem]
+    assert report.blocking
+    assert (report.rows, report.columns) == (rows, ["path", "k"])
+    if not problem.startswith("unterminated"):
+        assert report.notes[-1].startswith("reading stopped at line ")
+    with pytest.raises(DedupeRefused):
+        dedupe(index)
+    assert index.read_bytes() == content
+
+
+def test_rows_before_a_bad_byte_far_into_the_file_are_checked(tmp_path: Path) -> None:
+    # The scanner decodes blocks ahead of the rows it yields; every row before
+    # the bad byte is still counted, and duplicates among them found.
+    index = tmp_path / "i.csv"
+    body = b"".join(b"f%d,%s\n" % (i, b"v" * 50) for i in range(1000))
+    index.write_bytes(b"path,k\n" + body + b"f7,dup\nlast,caf\xe9\n")
+    report = check_index(index)
+    assert report.rows == 1001
+    assert report.duplicate_rows == 1
+    assert report.problems[0] == (
+        f"not UTF-8: byte 0xe9 at line 1003 (byte offset {len(body) + 7 + 7 + 8})"
+    )
+
+
+def test_readable_rows_stops_at_damage() -> None:
+    data = b"path,k\na,1\nb,2,3\nc,\x00\nd,4\n"
+    assert readable_rows(data) == (["path", "k"], [["a", "1"], ["b", "2", "3"]])
+    assert readable_rows(b"") == ([], [])
+    assert readable_rows(b"\xef\xbb\xbf\n\npath\n") == (["path"], [])

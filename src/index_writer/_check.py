@@ -3,201 +3,154 @@
 Used by ``index-writer check``. :func:`check_index` reads the file once, never
 modifies it and reports everything a human should know before trusting the
 index: rows, columns, duplicate paths, rows with more fields than the header,
-a missing final newline, bytes that are not UTF-8, NUL bytes and unterminated
-quotes. :func:`dedupe` keeps the last row of each path, under the index lock,
+a missing final newline, and the first problem that stops reading the file:
+bytes that are not UTF-8, a NUL byte, an unterminated quote or text after a
+closing quote. :func:`dedupe` keeps the last row of each path, under the index lock,
 with an atomic rewrite.
 
-The file is tokenised as bytes with the rules of :mod:`csv`'s ``excel``
-dialect (``,`` separates fields, ``"`` quotes them, ``""`` is a literal quote,
-a record ends at ``\\n``, ``\\r\\n`` or a lone ``\\r`` outside quotes). UTF-8
-never uses bytes below 0x80 inside a multi-byte character, so splitting the
-raw bytes is exactly equivalent to splitting the decoded text, and the byte
-span of every record is known: a de-duplicated file keeps the kept rows
-byte-for-byte. The scanner has no field size limit and never touches
-:func:`csv.field_size_limit`.
+The file is parsed by the index's own table format (:mod:`._table`), with its
+rules, line numbers and byte offsets and without a field size limit; this
+module only analyses what that scanner yields. The byte span of every record
+is known, so a de-duplicated file keeps the kept rows, blank lines, line
+endings and byte order mark byte-for-byte.
 """
 
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ._table import BOM, Scanner
 
 __all__ = [
     "CheckReport",
     "DedupeRefused",
-    "Record",
     "check_index",
     "dedupe",
-    "scan_records",
+    "readable_rows",
 ]
 
 logger = logging.getLogger(__name__)
-
-_BOM = b"\xef\xbb\xbf"
-_UNQUOTED = re.compile(rb"[^,\r\n]*")
-_QUOTE = 0x22
-_COMMA = 0x2C
-_CR = 0x0D
-_LF = 0x0A
 
 #: How many examples (line numbers, paths) a report lists per problem.
 EXAMPLES = 5
 
 
 @dataclass
-class Record:
-    """One CSV record as found in the file.
+class _Row:
+    """One record: first line, byte span and fields.
 
-    Attributes
-    ----------
-    line : int
-        1-based physical line on which the record starts.
-    start, end : int
-        Byte span of the record in the file, terminator included.
-    fields : list[bytes]
-        Field values, unquoted, still UTF-8 encoded. Empty for a blank line.
-    terminated : bool
-        Whether a line terminator ends the record (``False`` only for the last
-        record of a file without a final newline).
-    unterminated_quote : bool
-        A quoted field opened in this record never closes; the record runs to
-        the end of the file.
-    text_after_quote : bool
-        A closing quote is followed by something other than ``,`` or a line
-        end (``"ab"c``); :mod:`csv` silently reads ``abc``.
+    The span runs from the record's first byte to just after its own
+    terminator; blank lines around it are not part of it, so dropping the
+    span keeps them.
     """
 
     line: int
     start: int
     end: int
-    fields: list[bytes]
-    terminated: bool = True
-    unterminated_quote: bool = False
-    text_after_quote: bool = False
+    fields: list[str]
 
 
-def scan_records(data: bytes, offset: int = 0) -> Iterator[Record]:
-    """Split CSV bytes into records, the way :func:`csv.reader` would.
+@dataclass
+class _Reading:
+    """What the table scanner yielded for a whole file, and where it stopped."""
 
-    Parameters
-    ----------
-    data : bytes
-        The file's content.
-    offset : int, optional
-        Where to start (3 to skip a UTF-8 byte order mark).
+    bom: bool
+    rows: list[_Row] = field(default_factory=list)
+    #: Blank lines just before each record of ``rows``.
+    blank_before: list[int] = field(default_factory=list)
+    #: Blank lines after the last record (none counted after an error).
+    blank_after: int = 0
+    #: Line terminators of records and blank lines: "\r\n", "\n", "\r" or "".
+    eols: Counter[str] = field(default_factory=Counter)
+    #: Physical lines read.
+    lines: int = 0
+    #: The first fatal problem, and the first line of the record it is in.
+    error: csv.Error | None = None
+    error_start: int = 0
 
-    Yields
-    ------
-    Record
-        Every record in order, blank lines included (with no fields). After a
-        record with ``unterminated_quote`` nothing more is yielded.
+
+def _blank_eols(gap: bytes) -> Counter[str]:
+    """Terminators of the blank lines between two records (``gap`` holds nothing else)."""
+    crlf = gap.count(b"\r\n")
+    return Counter({"\r\n": crlf, "\n": gap.count(b"\n") - crlf, "\r": gap.count(b"\r") - crlf})
+
+
+def _scan(data: bytes) -> _Reading:
+    """Read ``data`` with the table scanner, as far as it is well-formed."""
+    bom = data.startswith(BOM)
+    begin = len(BOM) if bom else 0
+    stream = io.BytesIO(data)
+    stream.seek(begin)
+    scanner = Scanner(stream, begin, 0)
+    reading = _Reading(bom=bom)
+    end, end_line = begin, 0
+    try:
+        for line, start, fields in scanner.records():
+            reading.blank_before.append(line - end_line - 1)
+            if start != end:
+                reading.eols.update(_blank_eols(data[end:start]))
+            end, end_line = scanner.offset, scanner.line
+            reading.eols[scanner.last_eol] += 1
+            reading.rows.append(_Row(line, start, end, fields))
+    except csv.Error as e:
+        reading.error = e
+        reading.error_start = scanner.next_start[0]
+        reading.lines = scanner.line
+        return reading
+    reading.blank_after = scanner.line - end_line
+    reading.eols.update(_blank_eols(data[end : scanner.offset]))
+    reading.lines = scanner.line
+    return reading
+
+
+_BAD_BYTE = re.compile(r"not valid UTF-8 \(byte (0x[0-9a-f]{2}) at file offset (\d+)\)")
+
+
+def _read(data: bytes) -> _Reading:
+    """Like :func:`_scan`, but keeping every record before a byte that is not UTF-8.
+
+    The scanner decodes a block ahead of the records it yields, so a bad byte
+    also hides the records just before it. They are read again from the bytes
+    before the bad one, where the record holding it is cut short: dropped if
+    it parses, ignored if its quote is left open. Any other error there comes
+    earlier in the file than the bad byte, so it is the one reported.
+    """
+    reading = _scan(data)
+    bad = _BAD_BYTE.search(str(reading.error))
+    if reading.error is None or bad is None:
+        return reading
+    before = _scan(data[: int(bad[2])])
+    if before.error is not None and "unexpected end of data" not in str(before.error):
+        return before
+    if before.error is None and before.eols[""]:
+        del before.rows[-1], before.blank_before[-1], before.eols[""]
+    before.error, before.error_start = reading.error, reading.error_start
+    before.lines = reading.lines
+    return before
+
+
+def readable_rows(data: bytes) -> tuple[list[str], list[list[str]]]:
+    """The header and the data rows of an index file, up to anything malformed.
+
+    For looking into a file that may be damaged: reading stops quietly at the
+    first problem that stops the scanner (see :func:`check_index` for what it
+    is).
 
     Examples
     --------
-    >>> [r.fields for r in scan_records(b'path,note\\na,"x, ""y"" z"\\n')]
-    [[b'path', b'note'], [b'a', b'x, "y" z']]
-    >>> [r.terminated for r in scan_records(b"a\\nb")]
-    [True, False]
+    >>> readable_rows(b'path,v\\na,1\\n\\nb,"2\\n3"\\nc,"open\\n')
+    (['path', 'v'], [['a', '1'], ['b', '2\\n3']])
     """
-    n = len(data)
-    pos = offset
-    line = 1 + data.count(b"\n", 0, offset)
-    while pos < n:
-        nl = data.find(b"\n", pos)
-        stop = n if nl == -1 else nl
-        seg = data[pos:stop]
-        if b'"' not in seg and b"\r" not in seg[:-1]:
-            # Fast path: no quoting on this physical line.
-            body = seg[:-1] if seg.endswith(b"\r") else seg
-            end = n if nl == -1 else nl + 1
-            yield Record(
-                line=line,
-                start=pos,
-                end=end,
-                fields=body.split(b",") if body else [],
-                terminated=nl != -1 or seg.endswith(b"\r"),
-            )
-            pos = end
-            line += 1
-            continue
-        record = _scan_slow(data, pos, line)
-        yield record
-        if record.unterminated_quote:
-            return
-        line += _count_lines(data, record.start, record.end)
-        pos = record.end
-
-
-_LONE_CR = re.compile(rb"\r(?!\n)")
-
-
-def _count_lines(data: bytes, start: int, end: int) -> int:
-    """Physical lines ended in ``data[start:end]`` (LF, CR LF or a lone CR)."""
-    n = data.count(b"\n", start, end)
-    if data.find(b"\r", start, end) != -1:
-        n += len(_LONE_CR.findall(data, start, end))
-    return n
-
-
-def _scan_slow(data: bytes, pos: int, line: int) -> Record:
-    """Tokenise one record that contains quotes or a lone CR."""
-    n = len(data)
-    start = pos
-    fields: list[bytes] = []
-    after_quote = False
-    while True:
-        if pos < n and data[pos] == _QUOTE:
-            q = pos + 1
-            while True:
-                close = data.find(b'"', q)
-                if close == -1:
-                    fields.append(data[pos + 1 :].replace(b'""', b'"'))
-                    return Record(
-                        line=line,
-                        start=start,
-                        end=n,
-                        fields=fields,
-                        terminated=False,
-                        unterminated_quote=True,
-                        text_after_quote=after_quote,
-                    )
-                if data[close + 1 : close + 2] == b'"':
-                    q = close + 2
-                    continue
-                break
-            value = data[pos + 1 : close].replace(b'""', b'"')
-            pos = close + 1
-            if pos < n and data[pos] not in (_COMMA, _CR, _LF):
-                after_quote = True
-                m = _UNQUOTED.match(data, pos)
-                assert m is not None  # the pattern matches the empty string
-                value += m.group()
-                pos = m.end()
-        else:
-            m = _UNQUOTED.match(data, pos)
-            assert m is not None
-            value = m.group()
-            pos = m.end()
-        fields.append(value)
-        if pos >= n:
-            return Record(line, start, n, fields, False, False, after_quote)
-        c = data[pos]
-        if c == _COMMA:
-            pos += 1
-            continue
-        if c == _CR and data[pos + 1 : pos + 2] == b"\n":
-            pos += 2
-        else:
-            pos += 1
-        if fields == [b""] and data[start] != _QUOTE:
-            fields = []  # a blank line (ended by a lone CR)
-        return Record(line, start, pos, fields, True, False, after_quote)
+    rows = [row.fields for row in _read(data).rows]
+    return (rows[0] if rows else []), rows[1:]
 
 
 @dataclass
@@ -222,7 +175,8 @@ class CheckReport:
         would remove).
     blocking : bool
         Problems that make a safe de-duplication impossible (not UTF-8, NUL
-        bytes, unterminated quote, extra fields, no or ambiguous header).
+        bytes, unterminated quote, text after a closing quote, extra fields,
+        no or ambiguous header).
     """
 
     index_path: Path
@@ -275,74 +229,81 @@ def _lines(numbers: list[int], total: int) -> str:
     return shown
 
 
-def _show(value: bytes) -> str:
-    text = value.decode("utf-8", "backslashreplace")
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return repr(text)
+def _show(value: str) -> str:
+    if len(value) > 60:
+        value = value[:57] + "..."
+    return repr(value)
 
 
-def _encoding_problem(data: bytes, offset: int) -> str | None:
-    try:
-        data[offset:].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        bad = offset + exc.start
-        line = data.count(b"\n", 0, bad) + 1
-        bad_lines = 0
-        for raw in data[offset:].split(b"\n"):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                bad_lines += 1
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+_AT_LINE = re.compile(r"line (\d+): (.*)", re.DOTALL)
+
+
+def _fatal(reading: _Reading) -> tuple[str, int]:
+    """The problem that stopped the scanner, and the line where reading stopped.
+
+    The scanner's :class:`csv.Error` messages start with ``line N:``; the
+    causes it reports are recognised by their text, anything else is shown
+    as it is.
+    """
+    text = str(reading.error)
+    m = _AT_LINE.match(text)
+    line, cause = (int(m[1]), m[2]) if m else (reading.lines, text)
+    start = reading.error_start
+    bad = _BAD_BYTE.match(cause)
+    if bad:
+        return f"not UTF-8: byte {bad[1]} at line {line} (byte offset {bad[2]})", line
+    if "NUL byte" in cause:
+        return f"binary data: NUL byte at line {line}", line
+    if cause.startswith("unexpected end of data"):
         return (
-            f"not UTF-8: byte 0x{data[bad]:02x} at line {line} (byte offset {bad}); "
-            f"{bad_lines} line{'s' if bad_lines != 1 else ''} affected"
+            f"unterminated quote: the quoted field opened on line {start} never "
+            "closes (the rest of the file is inside it)",
+            line,
         )
-    return None
+    if cause.startswith("',' expected after '\"'"):
+        return f"text after a closing quote on 1 line: {start}", line
+    return f"malformed CSV at line {line}: {cause}", line
 
 
-def _analyse(
-    index_path: Path, data: bytes, filepath_column: str
-) -> tuple[CheckReport, list[Record]]:
+def _analyse(index_path: Path, data: bytes, filepath_column: str) -> tuple[CheckReport, list[_Row]]:
     """Build the report; also return the data records (for :func:`dedupe`)."""
     report = CheckReport(index_path=index_path)
     if not data:
         report.notes.append("empty file (0 bytes): a writer will add the header")
         return report, []
-    offset = 0
-    if data.startswith(_BOM):
-        offset = len(_BOM)
+    reading = _read(data)
+    if reading.bom:
         report.notes.append("starts with a UTF-8 byte order mark (kept by writers)")
-
-    problem = _encoding_problem(data, offset)
-    if problem:
+    stopped = ""
+    if reading.error is not None:
+        problem, line = _fatal(reading)
         report.problems.append(problem)
         report.blocking = True
-    nul = data.find(b"\x00", offset)
-    if nul != -1:
-        nul_line = data.count(b"\n", 0, nul) + 1
-        report.problems.append(f"binary data: NUL byte at line {nul_line}")
-        report.blocking = True
-
-    records = list(scan_records(data, offset))
-    if not records:
-        report.notes.append("no header")
+        if not problem.startswith("unterminated quote"):
+            stopped = (
+                f"reading stopped at line {line}: the counts and the other checks "
+                "cover only the rows before it"
+            )
+    if not reading.rows:
+        if stopped:
+            report.notes.append(stopped)
+        elif reading.lines:
+            report.notes.append("only blank lines: a writer will add the header")
+        else:
+            report.notes.append("no header")
         return report, []
 
-    first = 0
-    while first < len(records) and not records[first].fields:
-        first += 1
-    leading_blank = first
-    if first == len(records):
-        report.notes.append("only blank lines: a writer will add the header")
-        return report, []
-    header, body = records[first], records[first + 1 :]
+    header, body = reading.rows[0], reading.rows[1:]
+    leading_blank = reading.blank_before[0]
     if leading_blank:
         report.notes.append(
-            f"{leading_blank} blank line{'s' if leading_blank != 1 else ''} before "
-            "the header (ignored by readers)"
+            f"{_plural(leading_blank, 'blank line')} before the header (ignored by readers)"
         )
-    names = [f.decode("utf-8", "replace") for f in header.fields]
+    names = header.fields
     report.columns = names
     repeated = sorted(n for n, k in Counter(names).items() if k > 1)
     if repeated:
@@ -353,66 +314,37 @@ def _analyse(
 
     width = len(names)
     path_col = names.index(filepath_column) if filepath_column in names else -1
-    if names and path_col == -1:
+    if path_col == -1:
         report.problems.append(
             f"no {filepath_column!r} column (name the path column with --filepath-column)"
         )
         report.blocking = True
 
-    data_records: list[Record] = []
     extra: list[int] = []
-    short = blank = after_quote = 0
-    after_quote_lines: list[int] = []
-    first_line: dict[bytes, int] = {}
-    dup_lines: dict[bytes, list[int]] = {}
-    crlf = lf = 0
-    for rec in records:
-        if rec.terminated:
-            if data[rec.end - 2 : rec.end] == b"\r\n":
-                crlf += 1
-            elif data[rec.end - 1 : rec.end] == b"\n":
-                lf += 1
-        if rec.text_after_quote:
-            after_quote += 1
-            after_quote_lines.append(rec.line)
-    for rec in body:
-        if not rec.fields:
-            blank += 1
-            continue
-        data_records.append(rec)
-        if len(rec.fields) > width:
-            extra.append(rec.line)
-        elif len(rec.fields) < width:
+    short = 0
+    first_line: dict[str, int] = {}
+    dup_lines: dict[str, list[int]] = {}
+    for row in body:
+        if len(row.fields) > width:
+            extra.append(row.line)
+        elif len(row.fields) < width:
             short += 1
         if path_col >= 0:
-            key = rec.fields[path_col] if path_col < len(rec.fields) else b""
+            key = row.fields[path_col] if path_col < len(row.fields) else ""
             if key in first_line:
-                dup_lines.setdefault(key, [first_line[key]]).append(rec.line)
+                dup_lines.setdefault(key, [first_line[key]]).append(row.line)
             else:
-                first_line[key] = rec.line
-    report.rows = len(data_records)
+                first_line[key] = row.line
+    report.rows = len(body)
+    blank = sum(reading.blank_before[1:]) + reading.blank_after
 
-    last = records[-1]
-    if last.unterminated_quote:
-        report.problems.append(
-            f"unterminated quote: the quoted field opened on line {last.line} "
-            "never closes (the rest of the file is inside it)"
-        )
-        report.blocking = True
-    elif not last.terminated:
-        report.problems.append(f"no newline at the end of the file (after line {last.line})")
+    if reading.error is None and reading.eols[""]:
+        report.problems.append(f"no newline at the end of the file (after line {reading.lines})")
     if extra:
         report.problems.append(
             f"{len(extra)} row{'s have' if len(extra) != 1 else ' has'} more "
             f"fields than the header's {width}: "
             f"line{'s' if len(extra) != 1 else ''} {_lines(extra, len(extra))}"
-        )
-        report.blocking = True
-    if after_quote:
-        report.problems.append(
-            f"text after a closing quote on {after_quote} "
-            f"line{'s' if after_quote != 1 else ''}: "
-            f"{_lines(after_quote_lines, after_quote)}"
         )
         report.blocking = True
     if dup_lines:
@@ -422,23 +354,25 @@ def _analyse(
         )
         more = f"; and {len(dup_lines) - 3} more paths" if len(dup_lines) > 3 else ""
         report.problems.append(
-            f"{len(dup_lines)} duplicate path{'s' if len(dup_lines) != 1 else ''} "
-            f"({report.duplicate_rows} redundant "
-            f"row{'s' if report.duplicate_rows != 1 else ''}; "
+            f"{_plural(len(dup_lines), 'duplicate path')} "
+            f"({_plural(report.duplicate_rows, 'redundant row')}; "
             f"'check --dedupe' keeps the last of each): {examples}{more}"
         )
+    if stopped:
+        report.notes.append(stopped)
     if short:
         report.notes.append(
             f"{short} row{'s have' if short != 1 else ' has'} fewer fields than the "
             "header (the missing ones read as empty)"
         )
     if blank:
-        report.notes.append(f"{blank} blank line{'s' if blank != 1 else ''} (ignored by readers)")
+        report.notes.append(f"{_plural(blank, 'blank line')} (ignored by readers)")
+    crlf, lf = reading.eols["\r\n"], reading.eols["\n"]
     if crlf and lf:
         report.notes.append(f"mixed line endings: {crlf} CR LF, {lf} LF")
     elif crlf:
         report.notes.append("CR LF line endings (kept by writers)")
-    return report, data_records
+    return report, body
 
 
 def check_index(index_path: str | os.PathLike[str], filepath_column: str = "path") -> CheckReport:
@@ -492,11 +426,11 @@ class DedupeRefused(Exception):
         super().__init__(f"{report.index_path}: not de-duplicating: fix the problems above first")
 
 
-def _keep_last(records: list[Record], col: int) -> list[Record]:
+def _keep_last(records: list[_Row], col: int) -> list[_Row]:
     """The records that repeat a path found again later in the file."""
-    last: dict[bytes, int] = {}
+    last: dict[str, int] = {}
     for i, rec in enumerate(records):
-        last[rec.fields[col] if col < len(rec.fields) else b""] = i
+        last[rec.fields[col] if col < len(rec.fields) else ""] = i
     keep = set(last.values())
     return [rec for i, rec in enumerate(records) if i not in keep]
 
@@ -563,7 +497,7 @@ def dedupe(
         # Taking the lock would create files next to a path that is not there.
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     writer = IndexWriter(path, lock_path, timeout=timeout, durable=True)
-    drop: list[Record] = []
+    drop: list[_Row] = []
 
     def without_duplicates(data: bytes) -> bytes | None:
         report, records = _analyse(path, data, filepath_column)

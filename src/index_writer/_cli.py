@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import IndexWriter, IndexWriterError, __version__
-from ._check import CheckReport, DedupeRefused, check_index, scan_records
+from ._check import CheckReport, DedupeRefused, check_index, readable_rows
 from ._check import dedupe as dedupe
 from ._demo import (
     DEMO_COLUMNS,
@@ -608,11 +608,10 @@ def _rewrite_all_kept(index: Path, entries: int) -> str:
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
     report = check_index(index)
-    records = iter(scan_records(data))
-    header = next(records, None)
-    col = header.fields.index(b"path") if header and b"path" in header.fields else 0
-    expected = {demo_path(i).encode() for i in range(entries)}
-    kept = {r.fields[col] for r in records if len(r.fields) > col} & expected
+    columns, rows = readable_rows(data)
+    col = columns.index("path") if "path" in columns else 0
+    expected = {demo_path(i) for i in range(entries)}
+    kept = {r[col] for r in rows if len(r) > col} & expected
     text = f"kept {len(kept)} of {entries} entries"
     if report.problems:
         text += f"; its index has problems: {report.problems[0]}"

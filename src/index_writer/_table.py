@@ -146,6 +146,12 @@ class Scanner:
     def records(self) -> Iterator[tuple[int, int, list[str]]]:
         """Yield ``(first_line, start_offset, fields)`` for each non-blank record.
 
+        While a record is being handled (before the next one is asked for),
+        :attr:`offset`, :attr:`line` and :attr:`last_eol` describe its end:
+        the offset just after its terminator, its last physical line and that
+        terminator. Blank lines are skipped: a record's ``start_offset`` is
+        past the blank lines before it.
+
         Raises
         ------
         csv.Error
@@ -190,11 +196,22 @@ class Scanner:
     # The record that just completed started right after the previous one.
     _rec_start: tuple[int, int] | None = None
 
+    @property
+    def next_start(self) -> tuple[int, int]:
+        """``(line, offset)`` where the next record starts.
+
+        That is just past the last record or blank line read. When
+        :meth:`records` raises for an unclosed quote or text after a closing
+        quote, the malformed record starts here (bytes that are not UTF-8 may
+        be found a little before the record holding them is reached).
+        """
+        return self._rec_start or (self._start[1] + 1, self._start[0])
+
     def _mark(self) -> None:
         self._rec_start = (self.line + 1, self.offset)
 
     def _record(self, fields: list[str]) -> tuple[int, int, list[str]]:
-        start = self._rec_start or (self._start[1] + 1, self._start[0])
+        start = self.next_start
         self._mark()
         return (start[0], start[1], fields)
 
