@@ -21,7 +21,6 @@ import csv
 import io
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import BinaryIO
 
 __all__ = [
@@ -72,7 +71,6 @@ def eol_of(line: str) -> str:
     return ""
 
 
-@dataclass
 class Header:
     """The header record of an index file.
 
@@ -87,9 +85,15 @@ class Header:
         a file that has none yet.
     """
 
-    columns: list[str]
-    bom: bool
-    eol: str
+    __slots__ = ("bom", "columns", "eol")
+
+    def __init__(self, columns: list[str], bom: bool, eol: str) -> None:
+        self.columns = columns
+        self.bom = bom
+        self.eol = eol
+
+    def __repr__(self) -> str:
+        return f"Header(columns={self.columns!r}, bom={self.bom!r}, eol={self.eol!r})"
 
 
 class Scanner:
