@@ -95,3 +95,49 @@ def test_cr_is_quoted_even_for_lf_files() -> None:
     # csv.writer(lineterminator="\n") leaves "a\rb" unquoted, which splits the
     # row when read back; ours quotes it.
     assert _table.format_row(["a\rb"], "\n") == '"a\rb"\n'
+
+
+def full_then_skim(data: bytes, ncols: int) -> tuple[object, object]:
+    """(state after a full scan, state after skim + scan of the rest)."""
+
+    def finish(scanner: _table.Scanner) -> object:
+        try:
+            wide = [line for line, _, f in scanner.records() if len(f) > ncols]
+        except csv.Error as e:
+            return ("error", str(e))
+        return (scanner.offset, scanner.line, scanner.last_eol, wide[:1])
+
+    full = finish(_table.Scanner(io.BytesIO(data), 0, 0))
+    stream = io.BytesIO(data)
+    offset, line, eol = _table.skim(stream, 0, 0, ncols)
+    rest = _table.Scanner(stream, offset, line)
+    rest.last_eol = eol
+    return full, finish(rest)
+
+
+plain_lines = st.lists(
+    st.text(alphabet='ab,é"\r\x00', max_size=6).map(lambda s: s + "\n")
+    | st.text(alphabet="ab,", max_size=6).map(lambda s: s + "\r\n")
+    | st.just("\n"),
+    max_size=12,
+)
+
+
+@settings(max_examples=300)
+@given(lines=plain_lines, tail=st.sampled_from(["", "x,y", "a\r", '"q']), ncols=st.integers(1, 4))
+def test_skim_agrees_with_full_scan(lines: list[str], tail: str, ncols: int) -> None:
+    data = ("".join(lines) + tail).encode()
+    full, skimmed = full_then_skim(data, ncols)
+    assert skimmed == full
+
+
+def test_skim_takes_big_plain_blocks_and_stops_at_quotes() -> None:
+    plain = b"a,b,c\n" * 300_000  # > one block
+    data = plain + b'x,"y\nz",1\n' + b"d,e,f\n"
+    stream = io.BytesIO(data)
+    offset, line, eol = _table.skim(stream, 0, 0, 3)
+    assert 0 < offset <= len(plain) and data[offset - 1 : offset] == b"\n"
+    assert line == data[:offset].count(b"\n") and eol == "\n"
+    assert stream.tell() == offset
+    full, skimmed = full_then_skim(data, 3)
+    assert skimmed == full

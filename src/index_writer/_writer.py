@@ -33,7 +33,7 @@ from ._errors import (
     IndexWriteError,
 )
 from ._lock import Journal, LockFile
-from ._table import Header, Scanner, format_row, read_header
+from ._table import Header, Scanner, format_row, read_header, skim
 
 __all__ = ["IndexWriter"]
 
@@ -763,6 +763,16 @@ class IndexWriter:
         header, scanner, records = read_header(f)
         columns = header.columns
         n = len(columns)
+        if n and paths_column is None:
+            # Nothing but checks needed from the rows: do the plain ones in bulk.
+            records.close()
+            f.seek(scanner.offset)
+            offset, line, eol = skim(f, scanner.offset, scanner.line, n)
+            if offset == scanner.offset:
+                eol = scanner.last_eol  # nothing skimmed: still after the header
+            scanner = Scanner(f, offset, line)
+            scanner.last_eol, scanner.consumed_any = eol, True
+            records = scanner.records()
         paths: dict[str, int] | None = None
         pidx = None
         if paths_column is not None:
