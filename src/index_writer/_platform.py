@@ -18,6 +18,7 @@ __all__ = [
     "copy_permissions",
     "fsync_directory",
     "lock_blocking",
+    "lock_index",
     "open_journal",
     "pread",
     "pwrite",
@@ -120,6 +121,32 @@ else:
                 # EDEADLK: the kernel sees a cycle through *processes*, but our
                 # threads never hold two index locks at once, so it is a false
                 # alarm from another thread's lock; back off briefly and retry.
+                if e.errno != errno.EDEADLK:
+                    raise
+                time.sleep(0.001)
+
+
+if os.name == "nt":  # pragma: no cover - not run on Linux CI
+
+    def lock_index(fd: int, exclusive: bool) -> None:
+        """No second lock on Windows: its locks are mandatory and would block
+        every other program (pandas, Excel) from reading the index."""
+
+else:
+
+    def lock_index(fd: int, exclusive: bool) -> None:
+        """Lock the open index file itself until ``fd`` is closed.
+
+        Exclusive for writers (``fd`` must be open for writing), shared for
+        readers. Waits in the kernel; the lock is only ever held by a writer
+        that also holds the lock file, so it is free unless the lock file
+        was deleted while held.
+        """
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+                return
+            except OSError as e:
                 if e.errno != errno.EDEADLK:
                     raise
                 time.sleep(0.001)

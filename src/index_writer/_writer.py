@@ -490,14 +490,13 @@ class IndexWriter:
             journal = self._lock.acquire()
             try:
                 self._recover(journal)
-                try:
-                    fd = os.open(self._index, os.O_RDONLY | _platform.O_BINARY)
-                except FileNotFoundError:
+                opened = self._open_index(write=False)
+                if opened is None:
                     return []
                 try:
-                    return self._read_all(fd)
+                    return self._read_all(opened[0])
                 finally:
-                    os.close(fd)
+                    os.close(opened[0])
             finally:
                 self._lock.release()
         except csv.Error as e:
@@ -529,23 +528,24 @@ class IndexWriter:
         journal = self._lock.acquire()
         try:
             self._recover(journal)
-            fd = os.open(self._index, os.O_RDONLY | _platform.O_BINARY)
+            opened = self._open_index(write=True)
+            if opened is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._index)
+            fd, like, _ = opened
             try:
-                like = os.fstat(fd)
-                data = _pread_all(fd, like.st_size, 0)
+                new = transform(_pread_all(fd, like.st_size, 0))
+                if new is None:
+                    return False
+                temp = _files.new_temp_name(self._index)
+                journal.write(self._rewrite_record(temp), self.durable)
+                try:
+                    _files.replace(self._index, temp, [new], like, self.durable)
+                finally:
+                    _clear_quietly(journal)
+                _known.pop(self._key, None)
+                return True
             finally:
                 os.close(fd)
-            new = transform(data)
-            if new is None:
-                return False
-            temp = _files.new_temp_name(self._index)
-            journal.write(self._rewrite_record(temp), self.durable)
-            try:
-                _files.replace(self._index, temp, [new], like, self.durable)
-            finally:
-                _clear_quietly(journal)
-            _known.pop(self._key, None)
-            return True
         finally:
             self._lock.release()
 
@@ -614,17 +614,50 @@ class IndexWriter:
                 pass
         journal.clear()
 
-    def _open_for_write(self) -> tuple[int, bool]:
-        flags = os.O_RDWR | os.O_APPEND | _platform.O_BINARY
-        try:
-            return os.open(self._index, flags), False
-        except FileNotFoundError:
-            pass
-        try:
-            return os.open(self._index, flags | os.O_CREAT | os.O_EXCL, 0o666), True
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(self._index), exist_ok=True)
-            return os.open(self._index, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+    def _open_index(
+        self, *, write: bool, create: bool = False
+    ) -> tuple[int, os.stat_result, bool] | None:
+        """Open the index file and lock it too; None if it does not exist.
+
+        The lock file alone keeps writers apart only while it stays in place:
+        if it is deleted while a writer holds it, the next writer creates and
+        locks a new one. So every writer (and reader) also locks the index
+        file itself, exclusively (shared for reading), through the descriptor
+        it uses, until it closes it. That lock is always free in normal
+        operation and costs one uncontended system call. As with the lock
+        file, the locked file must still be the one at the path: a rewrite
+        may have replaced it while we waited.
+
+        Returns ``(fd, stat, created)``.
+        """
+        flags = (os.O_RDWR | os.O_APPEND if write else os.O_RDONLY) | _platform.O_BINARY
+        while True:
+            created = False
+            try:
+                fd = os.open(self._index, flags)
+            except FileNotFoundError:
+                if not create:
+                    return None
+                created = True
+                try:
+                    fd = os.open(self._index, flags | os.O_CREAT | os.O_EXCL, 0o666)
+                except FileExistsError:
+                    continue
+                except FileNotFoundError:
+                    os.makedirs(os.path.dirname(self._index), exist_ok=True)
+                    continue
+            try:
+                _platform.lock_index(fd, exclusive=write)
+                st = os.fstat(fd)
+                same = _platform.same_file(st, os.stat(self._index))
+            except FileNotFoundError:
+                same = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if same:
+                return fd, st, created
+            os.close(fd)
 
     def _write_locked(
         self,
@@ -634,11 +667,13 @@ class IndexWriter:
         replace_existing: bool,
         merge_columns: bool,
     ) -> None:
-        fd, created = self._open_for_write()
+        opened = self._open_index(write=True, create=True)
+        assert opened is not None
+        fd, st, created = opened
         committed = False
         try:
             try:
-                known = self._refresh(fd, filepath_column if replace_existing else None)
+                known = self._refresh(fd, st, filepath_column if replace_existing else None)
             except csv.Error as e:
                 raise IndexReadError(self.index_path, e) from e
             except OSError as e:
@@ -699,9 +734,8 @@ class IndexWriter:
 
     # ---------------------------------------------------------- knowledge
 
-    def _refresh(self, fd: int, paths_column: str | None) -> _Known:
+    def _refresh(self, fd: int, st: os.stat_result, paths_column: str | None) -> _Known:
         """Bring what we know about the index up to date, as cheaply as possible."""
-        st = os.fstat(fd)
         known = _known.get(self._key)
         if known is not None:
             if (known.dev, known.ino) != (st.st_dev, st.st_ino):
