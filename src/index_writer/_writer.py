@@ -231,7 +231,7 @@ class IndexWriter:
         The lock file that serializes writers. Defaults to the index path with
         ``.lock`` appended (``index.csv.lock``), as in the original, so both
         implementations exclude each other. Must differ from ``index_path``.
-        Deleting it while writers run is safe.
+        Deleting it while writers run is safe (see the concurrency guide).
     timeout : float | None, optional
         Seconds to wait for the lock before raising
         :class:`IndexLockTimeoutError`; ``None`` (default) waits forever.
