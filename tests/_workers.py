@@ -215,11 +215,15 @@ def write_range(
     return os.getpid()
 
 
-def write_threads(index: str, tag: str, n_threads: int, n: int, start_event: Any = None) -> int:
+def write_threads(
+    index: str, tag: str, n_threads: int, n: int, start_event: Any = None, pause: float = 0.0
+) -> int:
     """``n_threads`` threads each write ``n`` entries; raise if any thread failed.
 
     Even threads share one writer object, odd threads make their own, and
-    every third thread writes in small batches.
+    every third thread writes in small batches. With ``pause``, each thread
+    waits that long between writes, like a pipeline that records a file
+    after processing it (it leaves the lock free some of the time).
     """
     shared = IndexWriter(index)
     barrier = threading.Barrier(n_threads)
@@ -234,10 +238,14 @@ def write_threads(index: str, tag: str, n_threads: int, n: int, start_event: Any
                 for lo in range(0, n, 7):
                     ps = [entry_path(sub, i) for i in range(lo, min(n, lo + 7))]
                     w.write_entries([(p, context_for(p)) for p in ps])
+                    if pause:
+                        time.sleep(pause)
             else:
                 for i in range(n):
                     p = entry_path(sub, i)
                     w.write_entry(p, context_for(p))
+                    if pause:
+                        time.sleep(pause)
         except BaseException as e:
             errors.append(e)
 

@@ -73,10 +73,11 @@ def test_multiprocessing_process_per_writer(tmp_path: Path, method: str) -> None
     check_index(index, exact={entry_path("shared", i) for i in range(4)})
 
 
-def test_process_pool_executor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_process_pool_executor(tmp_path: Path, method: str) -> None:
     index = tmp_path / "index.csv"
     with concurrent.futures.ProcessPoolExecutor(
-        max_workers=2, mp_context=multiprocessing.get_context("spawn")
+        max_workers=2, mp_context=multiprocessing.get_context(method)
     ) as ex:
         pids = _run_both_styles(index, lambda fn, args: ex.map(fn, *zip(*args, strict=True)))
     assert os.getpid() not in pids
@@ -114,7 +115,7 @@ def test_dask_distributed_local_cluster(tmp_path: Path) -> None:
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             worker_dashboard_address=None,
         ) as cluster,
         Client(cluster) as client,

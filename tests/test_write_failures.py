@@ -185,6 +185,14 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
 
 
+def _try_write(index: str, path: str) -> BaseException | None:
+    try:
+        IndexWriter(index).write_entry(path, context_for(path))
+    except BaseException as e:
+        return e
+    return None
+
+
 def _fill(directory: Path) -> Path:
     """Fill the file system until not one more byte fits; return the filler file."""
     filler = directory / "filler"
@@ -229,6 +237,14 @@ def test_full_tmpfs_enospc(small_tmpfs: Path) -> None:
         _assert_write_error(info.value, errno.ENOSPC)
         assert Path(index).read_bytes() == before
         assert stray_temp_files(small_tmpfs) == []
+
+    # The lock file deleted meanwhile: a new process makes a new one, which
+    # cannot hold the journal on the full disk (the old one's space stays in
+    # use while this process keeps it open), so nothing is written.
+    os.unlink(index + ".lock")
+    failure = run_in_child(_try_write, index, entry_path("lockless", 0))
+    _assert_write_error(failure, errno.ENOSPC)
+    assert Path(index).read_bytes() == before
 
     filler.unlink()
     writer.write_entry(long, context_for(long))
