@@ -584,3 +584,15 @@ def test_show_into_closed_pipe(index: Path) -> None:
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 1
     assert err == ""
+
+
+def test_add_accepts_options_between_key_values(tmp_path: Path) -> None:
+    from index_writer._cli import main
+
+    index = tmp_path / "i.csv"
+    index.write_text("path,a\n")
+    assert main(["add", str(index), "x.nii", "a=1", "--strict", "a=2"]) == 2  # a given twice
+    assert main(["add", str(index), "x.nii", "--replace", "a=1"]) == 0
+    assert main(["add", str(index), "y.nii", "--strict", "new=1"]) == 1  # schema mismatch
+    assert main(["add", str(index), "z.nii", "--bogus"]) == 2
+    assert index.read_text() == "path,a\nx.nii,1\n"

@@ -782,7 +782,17 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # argparse stops collecting KEY=VALUE words at the first option, so
+        # `add INDEX PATH --strict k=v` leaves k=v over: take it back.
+        if extra and getattr(args, "command", None) == "add":
+            pairs = [a for a in extra if "=" in a and not a.startswith("-")]
+            args.pairs += pairs
+            extra = [a for a in extra if a not in pairs]
+        if extra:
+            (getattr(args, "parser", None) or parser).error(
+                f"unrecognized arguments: {' '.join(extra)}"
+            )
     except SystemExit as e:  # usage errors (2), --help and --version (0)
         return _exit_code(e)
     handler: Callable[[argparse.Namespace], int] = args.handler
