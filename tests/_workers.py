@@ -441,18 +441,28 @@ def original_write_range(module_file: str, index: str, tag: str, n: int, start_e
     return os.getpid()
 
 
-def hold_writer_lock_until_told(index: str, conn: Any) -> None:
-    """Hold an IndexWriter's own lock (both layers, as a write does) until told.
+def hold_writer_lock_until_told(index: str, conn: Any, mid_write: bool = False) -> None:
+    """Hold an IndexWriter's lock until told, as a writer does.
 
-    Sends ``"held"`` once locked, releases on any message, then sends
+    The lock file's two layers (thread lock + fasteners) as every call takes
+    them; with ``mid_write``, also the index file itself opened and locked
+    as a write in progress holds it (``IndexWriter._open_index``). Sends
+    ``"held"`` once locked, releases on any message, then sends
     ``"released"``.
     """
     w = IndexWriter(index)
     w._lock.acquire()
+    fd = -1
     try:
+        if mid_write:
+            opened = w._open_index(write=True, create=True)
+            assert opened is not None
+            fd = opened[0]
         conn.send("held")
         conn.recv()
     finally:
+        if fd >= 0:
+            os.close(fd)
         w._lock.release()
     conn.send("released")
 

@@ -78,8 +78,12 @@ def _base_index(directory: Path, n: int = 100) -> tuple[str, set[str]]:
 
 def _write_under_fsize_limit(
     index: str, limit: int, action: str
-) -> tuple[BaseException | None, str]:
-    """In a child: set the file size limit, fail a write, lift it, write again."""
+) -> tuple[BaseException | None, bytes, list[str], str]:
+    """In a child: set the file size limit, fail a write, lift it, write again.
+
+    Returns the failure, the index's bytes and the directory listing right
+    after it, and the path written once the limit was lifted.
+    """
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
@@ -105,9 +109,11 @@ def _write_under_fsize_limit(
     except BaseException as e:
         failure = e
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    data = Path(index).read_bytes()
+    listing = sorted(os.listdir(os.path.dirname(index)))
     after = entry_path("after", 0)
     w.write_entry(after, context_for(after))  # the same writer, still consistent
-    return failure, after
+    return failure, data, listing, after
 
 
 @pytest.mark.parametrize("headroom", [0, 100])
@@ -116,12 +122,16 @@ def test_rlimit_fsize_append(tmp_path: Path, action: str, headroom: int) -> None
     """An append crossing the limit: a short write then EFBIG, or EFBIG at once."""
     index, base = _base_index(tmp_path)
     before = Path(index).read_bytes()
-    failure, after = run_in_child(_write_under_fsize_limit, index, len(before) + headroom, action)
+    listing = sorted(os.listdir(tmp_path))
+    failure, data, listing_then, after = run_in_child(
+        _write_under_fsize_limit, index, len(before) + headroom, action
+    )
     assert failure is not None
     _assert_write_error(failure, errno.EFBIG)
-    now = Path(index).read_bytes()
-    assert now.startswith(before)  # untouched, then one clean row from "after"
-    assert stray_temp_files(tmp_path) == []
+    assert data == before
+    assert listing_then == listing  # no stray file
+    # The writer that failed appends normally once the limit is gone.
+    assert Path(index).read_bytes().startswith(before)
     check_index(index, exact=base | {after})
 
 
@@ -135,11 +145,15 @@ def test_rlimit_fsize_rewrite(tmp_path: Path, action: str, room: int) -> None:
     """
     index, base = _base_index(tmp_path)
     before = Path(index).read_bytes()
-    failure, after = run_in_child(_write_under_fsize_limit, index, len(before) + room, action)
+    listing = sorted(os.listdir(tmp_path))
+    failure, data, listing_then, after = run_in_child(
+        _write_under_fsize_limit, index, len(before) + room, action
+    )
     assert failure is not None
     _assert_write_error(failure, errno.EFBIG)
+    assert data == before
+    assert listing_then == listing  # the temp file is gone
     assert Path(index).read_bytes().startswith(before)
-    assert stray_temp_files(tmp_path) == []
     check_index(index, exact=base | {after})
 
 
