@@ -418,7 +418,7 @@ def _rewrite_with_umask(index: str) -> list[tuple[int, int, int]]:
     return out
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o664, 0o604])
+@pytest.mark.parametrize("mode", [0o640, 0o664, 0o604], ids=oct)
 def test_rewrite_keeps_permission_bits_and_group(tmp_path: Path, mode: int) -> None:
     """Group-shared indexes stay group-readable after a schema change or replacement."""
     index, base = _base_index(tmp_path, 10)
