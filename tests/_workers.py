@@ -16,6 +16,7 @@ import csv
 import hashlib
 import importlib
 import importlib.util
+import json
 import logging
 import os
 import random
@@ -451,11 +452,11 @@ def hold_writer_lock_until_told(index: str, conn: Any, mid_write: bool = False) 
     ``"released"``.
     """
     w = IndexWriter(index)
-    w._lock.acquire()
+    journal = w._lock.acquire()
     fd = -1
     try:
         if mid_write:
-            opened = w._open_index(write=True, create=True)
+            opened = w._open_index(journal, write=True, create=True)
             assert opened is not None
             fd = opened[0]
         conn.send("held")
@@ -482,3 +483,26 @@ def locked_unlink_loop(index: str, stop: Any, count: Any) -> None:
             w._lock.release()
         time.sleep(0.0005)
     count.value = n
+
+
+def fake_journal_record(index: str, record: bytes, payload: bytes = b"") -> None:
+    """Leave ``record`` active in the lock file's journal, as a killed writer does."""
+    from index_writer._lock import Journal
+
+    fd = os.open(index + ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        # Overwritten in place, as writers do: a longer earlier record's tail stays.
+        Journal(fd).write(record, False, payload)
+    finally:
+        os.close(fd)
+
+
+def fake_append_journal(index: str, offset: int, data: bytes) -> None:
+    """The journal a writer leaves when killed while appending ``data`` at ``offset``."""
+    from index_writer._writer import _append_record
+
+    st = os.stat(index)
+    record, payload = _append_record(
+        json.dumps(os.path.abspath(index)), st.st_dev, st.st_ino, offset, data
+    )
+    fake_journal_record(index, record, payload)

@@ -328,14 +328,6 @@ def test_lock_file_deleted_while_held_still_excludes(tmp_path: Path) -> None:
     assert [r["path"] for r in IndexWriter(index).read_rows()] == ["a.nii", "b.nii"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open bug: when the lock file was deleted while held, the new writer "
-        "waits for the index's own lock in _platform.lock_index (F_SETLKW) with "
-        "no deadline, ignoring IndexWriter(timeout=...)"
-    ),
-)
 def test_lock_file_deleted_while_held_timeout_is_honoured(tmp_path: Path) -> None:
     index = str(tmp_path / "index.csv")
     # Made without a writer: this process must open the lock path afresh

@@ -28,6 +28,8 @@ from _workers import (
     check_index,
     context_for,
     entry_path,
+    fake_append_journal,
+    fake_journal_record,
     kill_worker,
     read_acks,
     stray_temp_files,
@@ -236,27 +238,16 @@ def _index_with_rows(tmp_path: Path, n: int = 5) -> tuple[str, bytes]:
     return index, Path(index).read_bytes()
 
 
-def _fake_crash_journal(index: str, record: dict[str, object]) -> None:
+def _fake_crash_journal(index: str, record: dict[str, object], payload: bytes = b"") -> None:
     """Leave the lock file as a writer killed between journal and commit does."""
-    Path(index + ".lock").write_bytes(Journal.MAGIC + b"A" + json.dumps(record).encode() + b"\n")
+    fake_journal_record(index, json.dumps(record).encode(), payload)
 
 
 def _torn_append(index: str, before: bytes, fraction: float) -> bytes:
     """Append a fraction of a real row, and the journal record for the whole row."""
     p = entry_path("torn", 0)
     row = f"{p},{','.join('x' * 40 for _ in range(4))}\n".encode()
-    st = os.stat(index)
-    _fake_crash_journal(
-        index,
-        {
-            "op": "append",
-            "index": os.path.abspath(index),
-            "dev": st.st_dev,
-            "ino": st.st_ino,
-            "offset": len(before),
-            "length": len(row),
-        },
-    )
+    fake_append_journal(index, len(before), row)
     part = row[: max(1, int(len(row) * fraction))]
     with open(index, "ab") as f:
         f.write(part)
@@ -409,3 +400,18 @@ def test_sigkill_during_a_real_rewrite(tmp_path: Path) -> None:
     _recover_in_fresh_process(index, "next")
     assert stray_temp_files(tmp_path) == []
     check_index(index, exact={entry_path("base", i) for i in range(200)} | {entry_path("next", 0)})
+
+
+def test_torn_append_after_a_longer_earlier_record(tmp_path: Path) -> None:
+    """The lock file is overwritten in place: leftovers of a longer record stay behind it."""
+    index, before = _index_with_rows(tmp_path)
+    fake_append_journal(index, 0, b"x" * 200_000)  # a big earlier record...
+    rows = "".join(f"{entry_path('torn', i)},{'y' * 40},a,b,c\n" for i in range(200))
+    data = rows.encode()
+    assert len(data) > 8192
+    fake_append_journal(index, len(before), data)  # ...then a shorter one, torn
+    with open(index, "ab") as f:
+        f.write(data[: len(data) * 3 // 4])
+    _recover_in_fresh_process(index, "next")
+    assert b"torn" not in Path(index).read_bytes()
+    check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})

@@ -29,6 +29,7 @@ from _workers import (
     check_index,
     context_for,
     entry_path,
+    fake_append_journal,
     load_original,
     original_write_range,
     read_csv,
@@ -219,17 +220,8 @@ def test_original_waits_for_our_lock(tmp_path: Path, original_file: str) -> None
     assert [r["path"] for r in IndexWriter(index).read_rows()] == ["ours.nii", "theirs.nii"]
 
 
-ROLLBACK_AFTER_FOREIGN_WRITE = (
-    "open bug: _writer.IndexWriter._recover truncates the index back to the "
-    "journal's offset whenever the inode matches and offset < size < offset + "
-    "length. The original rewrites the file in place (same inode) without "
-    "looking at our journal, so after one of our writers was killed mid-append "
-    "and the original wrote next, the roll-back cuts the original's "
-    "acknowledged row and leaves a partial row (its rewrite moved the bytes)"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=ROLLBACK_AFTER_FOREIGN_WRITE)
 @pytest.mark.parametrize("first", ["ours", "original"])
 def test_our_torn_append_then_original_writes(
     tmp_path: Path, original_file: str, first: str
@@ -241,9 +233,7 @@ def test_our_torn_append_then_original_writes(
     ``os.write`` leaves. The original then records an entry and returns. Our
     next writer must not lose that entry, nor cut any older row.
     """
-    import json
 
-    from index_writer._lock import Journal
 
     orig = load_original(original_file)
     index = tmp_path / "index.csv"
@@ -262,16 +252,7 @@ def test_our_torn_append_then_original_writes(
     torn = [entry_path("plain-torn", i) for i in range(40)]
     IndexWriter(copy).write_entries((p, context_for(p)) for p in torn)
     data = copy.read_bytes()[len(before) :]
-    st = os.stat(index)
-    record = {
-        "op": "append",
-        "index": os.path.abspath(index),
-        "dev": st.st_dev,
-        "ino": st.st_ino,
-        "offset": len(before),
-        "length": len(data),
-    }
-    Path(f"{index}.lock").write_bytes(Journal.MAGIC + b"A" + json.dumps(record).encode() + b"\n")
+    fake_append_journal(str(index), len(before), data)
     with open(index, "ab") as f:
         f.write(data[: len(data) // 3])  # killed here
 
@@ -285,4 +266,11 @@ def test_our_torn_append_then_original_writes(
         want = {k: str(v) for k, v in context_for(p).items()}
         assert {k: v for k, v in by_path[p].items() if k in want} == want
     # Anything else can only come from the unacknowledged batch.
-    assert all(p.startswith("plain-torn/") for p in by_path.keys() - {*base, acked})
+    # Anything else can only come from the unacknowledged batch. The original
+    # read our torn last row (csv is lenient) and wrote it back as a whole row,
+    # padded and with its columns re-sorted: from then on it is the original's
+    # data, which we must not cut, so at most that one row is odd.
+    extra = by_path.keys() - {*base, acked}
+    odd = [p for p in extra if not p.startswith("plain-torn/")]
+    assert len(odd) <= 1, odd
+    assert index.read_bytes().endswith(b"\r\n")  # and no partial row remains

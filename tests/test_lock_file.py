@@ -20,9 +20,9 @@ def test_deleting_a_held_lock_file_does_not_let_a_second_writer_in(tmp_path: Pat
     ctx = mp.get_context("spawn")
 
     # A writer in its critical section holds the lock file and the index.
-    holder._lock.acquire()
+    journal = holder._lock.acquire()
     try:
-        opened = holder._open_index(write=True)
+        opened = holder._open_index(journal, write=True)
         assert opened is not None
         try:
             os.unlink(holder.lock_path)  # as med-imagetools does at the end of a run

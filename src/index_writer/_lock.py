@@ -43,8 +43,9 @@ logger = logging.getLogger(__name__)
 _POLL_DELAY = 0.001
 _POLL_MAX_DELAY = 0.01
 
-#: Upper bound on the journal record size read back.
-_JOURNAL_MAX = 1 << 16
+#: How much of the lock file is read on each acquisition; larger journal
+#: records (big appends) are read whole when this is not enough.
+_JOURNAL_READ = 1 << 13
 
 
 class Journal:
@@ -52,28 +53,37 @@ class Journal:
 
     A writer records an operation before it touches the index and marks it
     done afterwards, so the next holder can roll back a write that was cut
-    short by a crash. Each step is one small ``pwrite`` in place. A lock file
-    that holds anything else (a user pointed ``lock_path`` at a file with
-    content) is never written, and neither is one on a platform where the lock
-    file must stay empty (see :data:`._platform.JOURNAL`).
+    short by a crash. Each step is one ``pwrite`` in place. A record is one
+    line of JSON followed by an optional binary payload. A lock file that
+    holds anything else (a user pointed ``lock_path`` at a file with content)
+    is never written, and neither is one on a platform where the lock file
+    must stay empty (see :data:`._platform.JOURNAL`).
 
     Attributes
     ----------
     record : bytes | None
         The unfinished operation left by a previous holder, if any.
+    payload : bytes
+        The bytes stored after that record (possibly followed by leftovers
+        of an earlier, longer record: the record says how many are its own).
+    deadline : float | None
+        ``time.monotonic()`` value by which the caller's timeout runs out, for
+        any further waiting it does while holding the lock.
     """
 
     MAGIC = b"index-writer journal 1\n"
     _ACTIVE = b"A"
     _DONE = b"D"
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, deadline: float | None = None) -> None:
         self._fd = fd
+        self.deadline = deadline
         self.record: bytes | None = None
+        self.payload = b""
         self.enabled = fd >= 0
         if not self.enabled:
             return
-        data = _platform.pread(fd, _JOURNAL_MAX, 0)
+        data = _platform.pread(fd, _JOURNAL_READ, 0)
         if not data:
             return
         if not data.startswith(self.MAGIC):
@@ -82,13 +92,19 @@ class Journal:
             return
         body = data[len(self.MAGIC) :]
         if body[:1] == self._ACTIVE:
-            self.record = body[1:].split(b"\n", 1)[0]
+            if len(data) == _JOURNAL_READ:  # a large record: read all of it
+                data = _read_all(fd)
+                body = data[len(self.MAGIC) :]
+            self.record, _, rest = body[1:].partition(b"\n")
+            self.payload = rest
 
-    def write(self, record: bytes, durable: bool) -> None:
-        """Record an operation about to start (one line, no newline)."""
+    def write(self, record: bytes, durable: bool, payload: bytes = b"") -> None:
+        """Record an operation about to start (one line, no newline, then data)."""
         if not self.enabled:
             return
-        _platform.pwrite(self._fd, self.MAGIC + self._ACTIVE + record + b"\n", 0)
+        data = self.MAGIC + self._ACTIVE + record + b"\n" + payload
+        if _platform.pwrite(self._fd, data, 0) != len(data):
+            raise OSError(errno.EIO, "short write to the crash journal in the lock file")
         if durable:
             os.fsync(self._fd)
 
@@ -97,6 +113,20 @@ class Journal:
         if self.enabled:
             _platform.pwrite(self._fd, self._DONE, len(self.MAGIC))
             self.record = None
+            self.payload = b""
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    parts = []
+    offset = 0
+    while offset < size:
+        chunk = _platform.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)
 
 
 class _ProcessLock:
@@ -195,7 +225,7 @@ class LockFile:
         try:
             self._acquire_file(proc, deadline)
             try:
-                return Journal(proc.jfd)
+                return Journal(proc.jfd, deadline)
             except BaseException:
                 proc.ipl.unlock()
                 proc.ipl.acquired = False

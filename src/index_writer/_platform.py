@@ -128,28 +128,40 @@ else:
 
 if os.name == "nt":  # pragma: no cover - not run on Linux CI
 
-    def lock_index(fd: int, exclusive: bool) -> None:
+    def lock_index(fd: int, exclusive: bool, deadline: float | None) -> bool:
         """No second lock on Windows: its locks are mandatory and would block
         every other program (pandas, Excel) from reading the index."""
+        return True
 
 else:
 
-    def lock_index(fd: int, exclusive: bool) -> None:
+    def lock_index(fd: int, exclusive: bool, deadline: float | None) -> bool:
         """Lock the open index file itself until ``fd`` is closed.
 
         Exclusive for writers (``fd`` must be open for writing), shared for
-        readers. Waits in the kernel; the lock is only ever held by a writer
-        that also holds the lock file, so it is free unless the lock file
-        was deleted while held.
+        readers. The lock is only ever held by a writer that also holds the
+        lock file, so it is free unless the lock file was deleted while held.
+        Waits in the kernel when ``deadline`` (a :func:`time.monotonic` value)
+        is None; otherwise polls until then and returns False if still busy.
         """
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        delay = 0.001
         while True:
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-                return
+                fcntl.lockf(fd, mode if deadline is None else mode | fcntl.LOCK_NB)
+                return True
             except OSError as e:
-                if e.errno != errno.EDEADLK:
+                busy = e.errno in (errno.EACCES, errno.EAGAIN)
+                if not busy and e.errno != errno.EDEADLK:
                     raise
-                time.sleep(0.001)
+                if busy and deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    time.sleep(min(delay, remaining))
+                    delay = min(delay * 2, 0.01)
+                else:
+                    time.sleep(0.001)
 
 
 def register_after_fork(callback: Any) -> None:

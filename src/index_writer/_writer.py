@@ -22,12 +22,14 @@ import logging
 import math
 import os
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from . import _files, _platform
 from ._errors import (
+    IndexLockTimeoutError,
     IndexReadError,
     IndexSchemaMismatchError,
     IndexWriteError,
@@ -43,6 +45,11 @@ logger = logging.getLogger(__name__)
 #: a rewrite by another program before trusting what we know about the file.
 _HEAD_BYTES = 256
 _TAIL_BYTES = 64
+
+#: An append's journal record carries its first bytes, and a CRC-32 of each
+#: later chunk of this size, so a rollback can prove the bytes it removes are
+#: ours.
+_JOURNAL_HEAD = 4096
 
 
 class _Known:
@@ -490,7 +497,7 @@ class IndexWriter:
             journal = self._lock.acquire()
             try:
                 self._recover(journal)
-                opened = self._open_index(write=False)
+                opened = self._open_index(journal, write=False)
                 if opened is None:
                     return []
                 try:
@@ -528,7 +535,7 @@ class IndexWriter:
         journal = self._lock.acquire()
         try:
             self._recover(journal)
-            opened = self._open_index(write=True)
+            opened = self._open_index(journal, write=True)
             if opened is None:
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._index)
             fd, like, _ = opened
@@ -582,24 +589,33 @@ class IndexWriter:
             return
         if op == "append":
             try:
-                fd = os.open(index, os.O_WRONLY | _platform.O_BINARY)
+                fd = os.open(index, os.O_RDWR | _platform.O_BINARY)
             except FileNotFoundError:
                 fd = -1
             if fd >= 0:
                 try:
                     st = os.fstat(fd)
                     start, length = info["offset"], info["length"]
-                    if (st.st_dev, st.st_ino) == (info["dev"], info["ino"]) and (
-                        start < st.st_size < start + length
+                    if (
+                        (st.st_dev, st.st_ino) == (info["dev"], info["ino"])
+                        and start < st.st_size < start + length
                     ):
-                        os.ftruncate(fd, start)
-                        logger.warning(
-                            "rolled back a write to %s cut short by a crash "
-                            "(%d of %d bytes had been written)",
-                            index,
-                            st.st_size - start,
-                            length,
-                        )
+                        head = journal.payload[: info.get("head", 0)]
+                        if _torn_append(fd, start, st.st_size, head, info):
+                            os.ftruncate(fd, start)
+                            logger.warning(
+                                "rolled back a write to %s cut short by a crash "
+                                "(%d of %d bytes had been written)",
+                                index,
+                                st.st_size - start,
+                                length,
+                            )
+                        else:
+                            logger.warning(
+                                "not rolling back the write to %s cut short by a "
+                                "crash: another program has changed the file since",
+                                index,
+                            )
                 finally:
                     os.close(fd)
         elif op == "rewrite":
@@ -615,7 +631,7 @@ class IndexWriter:
         journal.clear()
 
     def _open_index(
-        self, *, write: bool, create: bool = False
+        self, journal: Journal, *, write: bool, create: bool = False
     ) -> tuple[int, os.stat_result, bool] | None:
         """Open the index file and lock it too; None if it does not exist.
 
@@ -647,7 +663,9 @@ class IndexWriter:
                     os.makedirs(os.path.dirname(self._index), exist_ok=True)
                     continue
             try:
-                _platform.lock_index(fd, exclusive=write)
+                if not _platform.lock_index(fd, write, journal.deadline):
+                    assert self.timeout is not None
+                    raise IndexLockTimeoutError(self.lock_path, self.timeout)
                 st = os.fstat(fd)
                 same = _platform.same_file(st, os.stat(self._index))
             except FileNotFoundError:
@@ -667,7 +685,7 @@ class IndexWriter:
         replace_existing: bool,
         merge_columns: bool,
     ) -> None:
-        opened = self._open_index(write=True, create=True)
+        opened = self._open_index(journal, write=True, create=True)
         assert opened is not None
         fd, st, created = opened
         committed = False
@@ -877,13 +895,8 @@ class IndexWriter:
         text = lead + "".join(texts)
         data = _encode(text, rows)
         start = known.size
-        journal.write(
-            (
-                f'{{"op":"append","index":{self._index_json},"dev":{known.dev},'
-                f'"ino":{known.ino},"offset":{start},"length":{len(data)}}}'
-            ).encode(),
-            self.durable,
-        )
+        record, payload = _append_record(self._index_json, known.dev, known.ino, start, data)
+        journal.write(record, self.durable, payload)
         _files.append(fd, data, start, self.durable)
         _clear_quietly(journal)
         st = os.fstat(fd)
@@ -992,6 +1005,45 @@ class IndexWriter:
             paths_column=track,
             paths=paths,
         )
+
+
+def _append_record(
+    index_json: str, dev: int, ino: int, start: int, data: bytes
+) -> tuple[bytes, bytes]:
+    """The journal record and payload for appending ``data`` at ``start``."""
+    crcs = ""
+    if len(data) > _JOURNAL_HEAD:
+        full = range(_JOURNAL_HEAD, len(data) - _JOURNAL_HEAD + 1, _JOURNAL_HEAD)
+        crcs = ',"crc":[' + ",".join(str(zlib.crc32(data[i : i + _JOURNAL_HEAD])) for i in full)
+        crcs += "]"
+    head = data[:_JOURNAL_HEAD]
+    record = (
+        f'{{"op":"append","index":{index_json},"dev":{dev},"ino":{ino},'
+        f'"offset":{start},"length":{len(data)},"head":{len(head)}{crcs}}}'
+    )
+    return record.encode(), head
+
+
+def _torn_append(fd: int, start: int, size: int, head: bytes, info: dict[str, Any]) -> bool:
+    """Whether the bytes from ``start`` to ``size`` are the start of our append.
+
+    They are checked against the journal: the first :data:`_JOURNAL_HEAD`
+    bytes exactly, each later whole chunk by its CRC-32. Anything else means
+    another program (med-imagetools rewrites the index in place, ignoring
+    the journal) has written since, and nothing may be truncated.
+    """
+    n = size - start
+    k = min(n, len(head))
+    if not head or _pread_all(fd, k, start) != head[:k]:
+        return False
+    pos = start + _JOURNAL_HEAD
+    for crc in info.get("crc", []):
+        if pos + _JOURNAL_HEAD > size:
+            break
+        if zlib.crc32(_pread_all(fd, _JOURNAL_HEAD, pos)) != crc:
+            return False
+        pos += _JOURNAL_HEAD
+    return True
 
 
 def _same_existing(a: str, b: str) -> bool:
