@@ -103,8 +103,12 @@ class Journal:
         if not self.enabled:
             return
         data = self.MAGIC + self._ACTIVE + record + b"\n" + payload
-        if _platform.pwrite(self._fd, data, 0) != len(data):
-            raise OSError(errno.EIO, "short write to the crash journal in the lock file")
+        done = 0
+        while done < len(data):  # a short write is retried to get its real error
+            n = _platform.pwrite(self._fd, data[done:], done)
+            if n <= 0:  # pragma: no cover - pwrite reports failure by raising
+                raise OSError(errno.EIO, "short write to the crash journal in the lock file")
+            done += n
         if durable:
             os.fsync(self._fd)
 
