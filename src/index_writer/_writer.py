@@ -588,36 +588,7 @@ class IndexWriter:
             journal.clear()
             return
         if op == "append":
-            try:
-                fd = os.open(index, os.O_RDWR | _platform.O_BINARY)
-            except FileNotFoundError:
-                fd = -1
-            if fd >= 0:
-                try:
-                    st = os.fstat(fd)
-                    start, length = info["offset"], info["length"]
-                    if (
-                        (st.st_dev, st.st_ino) == (info["dev"], info["ino"])
-                        and start < st.st_size < start + length
-                    ):
-                        head = journal.payload[: info.get("head", 0)]
-                        if _torn_append(fd, start, st.st_size, head, info):
-                            os.ftruncate(fd, start)
-                            logger.warning(
-                                "rolled back a write to %s cut short by a crash "
-                                "(%d of %d bytes had been written)",
-                                index,
-                                st.st_size - start,
-                                length,
-                            )
-                        else:
-                            logger.warning(
-                                "not rolling back the write to %s cut short by a "
-                                "crash: another program has changed the file since",
-                                index,
-                            )
-                finally:
-                    os.close(fd)
+            _roll_back_append(index, info, journal.payload[: info.get("head", 0)])
         elif op == "rewrite":
             try:
                 os.unlink(info["temp"])
@@ -1005,6 +976,41 @@ class IndexWriter:
             paths_column=track,
             paths=paths,
         )
+
+
+def _roll_back_append(index: str, info: dict[str, Any], head: bytes) -> None:
+    """Truncate an append that a crash cut short, if the file still shows it.
+
+    Only when the file is the one appended to, has grown past the recorded
+    offset but not by the whole length, and those bytes are provably ours.
+    """
+    try:
+        fd = os.open(index, os.O_RDWR | _platform.O_BINARY)
+    except FileNotFoundError:
+        return
+    try:
+        st = os.fstat(fd)
+        start, length = info["offset"], info["length"]
+        if (st.st_dev, st.st_ino) != (info["dev"], info["ino"]) or not (
+            start < st.st_size < start + length
+        ):
+            return
+        if not _torn_append(fd, start, st.st_size, head, info):
+            logger.warning(
+                "not rolling back the write to %s cut short by a crash: "
+                "another program has changed the file since",
+                index,
+            )
+            return
+        os.ftruncate(fd, start)
+        logger.warning(
+            "rolled back a write to %s cut short by a crash (%d of %d bytes had been written)",
+            index,
+            st.st_size - start,
+            length,
+        )
+    finally:
+        os.close(fd)
 
 
 def _append_record(
