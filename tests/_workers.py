@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,25 @@ def write_range(
     return os.getpid()
 
 
+def run_in_threads(target: Callable[[int], None], n: int) -> None:
+    """Run ``target(0)`` ... ``target(n - 1)`` in ``n`` threads; re-raise the first error."""
+    errors: list[BaseException] = []
+
+    def guarded(t: int) -> None:
+        try:
+            target(t)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def write_threads(
     index: str, tag: str, n_threads: int, n: int, start_event: Any = None, pause: float = 0.0
 ) -> int:
@@ -228,37 +247,27 @@ def write_threads(
     """
     shared = IndexWriter(index)
     barrier = threading.Barrier(n_threads)
-    errors: list[BaseException] = []
 
     def run(t: int) -> None:
-        try:
-            w = shared if t % 2 == 0 else IndexWriter(index)
-            barrier.wait()
-            sub = f"{tag}-t{t}"
-            if t % 3 == 2:
-                for lo in range(0, n, 7):
-                    ps = [entry_path(sub, i) for i in range(lo, min(n, lo + 7))]
-                    w.write_entries([(p, context_for(p)) for p in ps])
-                    if pause:
-                        time.sleep(pause)
-            else:
-                for i in range(n):
-                    p = entry_path(sub, i)
-                    w.write_entry(p, context_for(p))
-                    if pause:
-                        time.sleep(pause)
-        except BaseException as e:
-            errors.append(e)
+        w = shared if t % 2 == 0 else IndexWriter(index)
+        barrier.wait()
+        sub = f"{tag}-t{t}"
+        if t % 3 == 2:
+            for lo in range(0, n, 7):
+                ps = [entry_path(sub, i) for i in range(lo, min(n, lo + 7))]
+                w.write_entries([(p, context_for(p)) for p in ps])
+                if pause:
+                    time.sleep(pause)
+        else:
+            for i in range(n):
+                p = entry_path(sub, i)
+                w.write_entry(p, context_for(p))
+                if pause:
+                    time.sleep(pause)
 
     if start_event is not None:
         start_event.wait()
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    run_in_threads(run, n_threads)
     return os.getpid()
 
 

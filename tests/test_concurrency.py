@@ -19,6 +19,7 @@ from _workers import (
     check_index,
     context_for,
     entry_path,
+    run_in_threads,
     thread_paths,
     write_range,
     write_threads,
@@ -52,23 +53,13 @@ def test_threads_on_many_writer_objects_with_new_columns(tmp_path: Path) -> None
     """Threads each making a fresh writer per entry (the seed's pattern)."""
     index = tmp_path / "sub" / "index.csv"  # the directory does not exist yet
     barrier = threading.Barrier(6)
-    errors: list[BaseException] = []
-
     def run(t: int) -> None:
-        try:
-            barrier.wait()
-            for i in range(150):
-                p = entry_path(f"fresh{t}", i)
-                IndexWriter(index).write_entry(p, context_for(p))
-        except BaseException as e:
-            errors.append(e)
+        barrier.wait()
+        for i in range(150):
+            p = entry_path(f"fresh{t}", i)
+            IndexWriter(index).write_entry(p, context_for(p))
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_in_threads(run, 6)
     check_index(index, exact={entry_path(f"fresh{t}", i) for t in range(6) for i in range(150)})
 
 
@@ -159,23 +150,13 @@ def test_processes_and_parent_threads_share_the_index(tmp_path: Path) -> None:
 def test_durable_flag_under_contention(tmp_path: Path, durable: bool) -> None:
     """durable=True (fsync) changes nothing about what is written."""
     index = str(tmp_path / "index.csv")
-    errors: list[BaseException] = []
-
     def run(t: int) -> None:
-        try:
-            w = IndexWriter(index, durable=durable)
-            for i in range(40):
-                p = entry_path(f"d{t}", i)
-                w.write_entry(p, context_for(p))
-        except BaseException as e:
-            errors.append(e)
+        w = IndexWriter(index, durable=durable)
+        for i in range(40):
+            p = entry_path(f"d{t}", i)
+            w.write_entry(p, context_for(p))
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_in_threads(run, 3)
     check_index(index, exact={entry_path(f"d{t}", i) for t in range(3) for i in range(40)})
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
