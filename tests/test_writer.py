@@ -578,3 +578,28 @@ def test_lock_path_linked_to_index_is_refused(index: Path) -> None:
     link.symlink_to(index)
     with pytest.raises(ValueError, match="lock_path must not be the index"):
         IndexWriter(index, link)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a,1\r\nb,2\r\n\r\nc,3\r\na,4\r\n",  # plain, CR LF, a blank line, a duplicate
+        b'a,1\nb,"2\n2"\nc,3\nd',  # a quoted field (the rest parsed) and no final newline
+        "é,1\nß,2\n".encode(),
+    ],
+)
+def test_path_map_from_bulk_check_equals_parsed(tmp_path: Path, body: bytes) -> None:
+    from index_writer import _table
+
+    index = tmp_path / "index.csv"
+    index.write_bytes(b"path,v" + (b"\r\n" if b"\r\n" in body else b"\n") + body)
+    w = IndexWriter(index)
+    forget()
+    w.write_entry("zzz", {"v": 0}, replace_existing=True)  # builds the map
+    known = _writer._known[w._key]
+    expected: dict[str, int] = {}
+    with index.open("rb") as f:
+        _, _, records = _table.read_header(f)
+        for _, start, fields in records:
+            expected[fields[0]] = -1 if fields[0] in expected else start
+    assert known.paths == expected

@@ -20,7 +20,7 @@ import contextlib
 import csv
 import io
 import re
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import BinaryIO
 
 __all__ = [
@@ -352,7 +352,13 @@ def _plain(block: bytes, ncols: int) -> bool:
     return True
 
 
-def skim(stream: BinaryIO, offset: int, line: int, ncols: int) -> tuple[int, int, str]:
+def skim(
+    stream: BinaryIO,
+    offset: int,
+    line: int,
+    ncols: int,
+    each: Callable[[bytes, int], None] | None = None,
+) -> tuple[int, int, str]:
     """Check plain rows in bulk, stopping before anything that needs parsing.
 
     Checking a whole index line by line in Python costs about a microsecond
@@ -369,6 +375,10 @@ def skim(stream: BinaryIO, offset: int, line: int, ncols: int) -> tuple[int, int
         The byte offset and the number of physical lines before it.
     ncols : int
         Columns in the header; a row with more fields stops the skim.
+    each : Callable[[bytes, int], None], optional
+        Called with every block of plain lines accepted and its byte offset,
+        for a caller that needs something from the rows themselves. In such
+        a block a record is one line and its fields are split by commas.
 
     Returns
     -------
@@ -384,6 +394,8 @@ def skim(stream: BinaryIO, offset: int, line: int, ncols: int) -> tuple[int, int
         if not block:
             # At the end: a last line without a terminator.
             if data and _plain(data, ncols):
+                if each is not None:
+                    each(data, offset)
                 offset, line, last_eol = offset + len(data), line + 1, ""
             break
         cut = data.rfind(b"\n") + 1
@@ -393,6 +405,8 @@ def skim(stream: BinaryIO, offset: int, line: int, ncols: int) -> tuple[int, int
         whole, carry = data[:cut], data[cut:]
         if not _plain(whole, ncols):
             break
+        if each is not None:
+            each(whole, offset)
         offset += cut
         line += whole.count(b"\n")
         last_eol = "\r\n" if whole.endswith(b"\r\n") else "\n"

@@ -786,21 +786,24 @@ class IndexWriter:
         header, scanner, records = read_header(f)
         columns = header.columns
         n = len(columns)
-        if n and paths_column is None:
-            # Nothing but checks needed from the rows: do the plain ones in bulk.
-            records.close()
-            f.seek(scanner.offset)
-            offset, line, eol = skim(f, scanner.offset, scanner.line, n)
-            if offset == scanner.offset:
-                eol = scanner.last_eol  # nothing skimmed: still after the header
-            scanner = Scanner(f, offset, line)
-            scanner.last_eol, scanner.consumed_any = eol, True
-            records = scanner.records()
         paths: dict[str, int] | None = None
         pidx = None
         if paths_column is not None:
             paths = {}
             pidx = columns.index(paths_column) if paths_column in columns else None
+        if n:
+            # Check the plain rows in bulk (and map their paths if asked).
+            records.close()
+            f.seek(scanner.offset)
+            each = None
+            if paths is not None and pidx is not None:
+                each = _plain_path_mapper(paths, pidx)
+            offset, line, eol = skim(f, scanner.offset, scanner.line, n, each)
+            if offset == scanner.offset:
+                eol = scanner.last_eol  # nothing skimmed: still after the header
+            scanner = Scanner(f, offset, line)
+            scanner.last_eol, scanner.consumed_any = eol, True
+            records = scanner.records()
         for line, start, fields in records:
             if len(fields) > n:
                 raise _too_wide(line, len(fields), n)
@@ -976,6 +979,27 @@ class IndexWriter:
             paths_column=track,
             paths=paths,
         )
+
+
+def _plain_path_mapper(paths: dict[str, int], pidx: int) -> Callable[[bytes, int], None]:
+    """For :func:`._table.skim`: record where each plain line's path starts."""
+
+    cut = pidx + 1
+
+    def take(block: bytes, offset: int) -> None:
+        crlf = b"\r" in block  # then every line but a last unended one ends in CR
+        for line in block.split(b"\n"):
+            size = len(line) + 1
+            if crlf and line.endswith(b"\r"):
+                line = line[:-1]
+            if line:
+                fields = line.split(b",", cut)
+                if pidx < len(fields):
+                    p = fields[pidx].decode()
+                    paths[p] = -1 if p in paths else offset
+            offset += size
+
+    return take
 
 
 def _roll_back_append(index: str, info: dict[str, Any], head: bytes) -> None:
