@@ -35,7 +35,7 @@ from ._errors import (
     IndexWriteError,
 )
 from ._lock import Journal, LockFile
-from ._table import Header, Scanner, format_row, read_header, skim
+from ._table import BOM, Header, Scanner, format_row, read_header, skim
 
 __all__ = ["IndexWriter"]
 
@@ -663,9 +663,7 @@ class IndexWriter:
         try:
             try:
                 known = self._refresh(fd, st, filepath_column if replace_existing else None)
-            except csv.Error as e:
-                raise IndexReadError(self.index_path, e) from e
-            except OSError as e:
+            except (csv.Error, OSError) as e:
                 raise IndexReadError(self.index_path, e) from e
 
             columns = known.header.columns
@@ -758,16 +756,10 @@ class IndexWriter:
         """Take in the rows other writers appended since we last looked."""
         data = _pread_all(fd, st.st_size - known.size, known.size)
         scanner = Scanner(io.BytesIO(data), known.size, known.lines)
-        n = len(known.header.columns)
         paths = known.paths
         pidx = known.colpos.get(known.paths_column or "") if paths is not None else None
         try:
-            for line, start, fields in scanner.records():
-                if len(fields) > n:
-                    raise _too_wide(line, len(fields), n)
-                if paths is not None and pidx is not None and pidx < len(fields):
-                    p = fields[pidx]
-                    paths[p] = -1 if p in paths else start
+            _take_records(scanner.records(), len(known.header.columns), paths, pidx)
         except BaseException:
             _known.pop(self._key, None)
             raise
@@ -804,13 +796,7 @@ class IndexWriter:
             scanner = Scanner(f, offset, line)
             scanner.last_eol, scanner.consumed_any = eol, True
             records = scanner.records()
-        for line, start, fields in records:
-            if len(fields) > n:
-                raise _too_wide(line, len(fields), n)
-            if pidx is not None and pidx < len(fields):
-                assert paths is not None
-                p = fields[pidx]
-                paths[p] = -1 if p in paths else start
+        _take_records(records, n, paths, pidx)
         size = scanner.offset
         return _Known(
             dev=st.st_dev,
@@ -926,7 +912,7 @@ class IndexWriter:
         def chunks() -> Iterator[bytes]:
             head = format_row(columns, eol).encode("utf-8")
             if header.bom:
-                head = b"\xef\xbb\xbf" + head
+                head = BOM + head
             state["offset"] = len(head)
             state["lines"] = _count_lines(format_row(columns, eol))
             yield head
@@ -956,12 +942,10 @@ class IndexWriter:
         try:
             st = _files.replace(self._index, temp, chunks(), like, self.durable)
         except csv.Error as e:  # pragma: no cover - the file was checked before
-            _clear_quietly(journal)
             raise IndexReadError(self.index_path, e) from e
-        except BaseException:
+        finally:
             _clear_quietly(journal)
-            raise
-        _clear_quietly(journal)
+        head, tail = _head_and_tail(self._index, st.st_size)
         _known[self._key] = _Known(
             dev=st.st_dev,
             ino=st.st_ino,
@@ -970,15 +954,26 @@ class IndexWriter:
             header=Header(list(columns), header.bom, eol),
             lines=state["lines"],
             ends_clean=True,
-            head=_pread_path(self._index, min(st.st_size, _HEAD_BYTES), 0),
-            tail=_pread_path(
-                self._index,
-                min(st.st_size, _TAIL_BYTES),
-                max(0, st.st_size - _TAIL_BYTES),
-            ),
+            head=head,
+            tail=tail,
             paths_column=track,
             paths=paths,
         )
+
+
+def _take_records(
+    records: Iterable[tuple[int, int, list[str]]],
+    ncols: int,
+    paths: dict[str, int] | None,
+    pidx: int | None,
+) -> None:
+    """Check parsed records against the header; map their paths if asked."""
+    for line, start, fields in records:
+        if len(fields) > ncols:
+            raise _too_wide(line, len(fields), ncols)
+        if paths is not None and pidx is not None and pidx < len(fields):
+            p = fields[pidx]
+            paths[p] = -1 if p in paths else start
 
 
 def _plain_path_mapper(paths: dict[str, int], pidx: int) -> Callable[[bytes, int], None]:
@@ -1102,12 +1097,15 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def _pread_path(path: str, size: int, offset: int) -> bytes:
+def _head_and_tail(path: str, size: int) -> tuple[bytes, bytes]:
+    """The first and last bytes of a file, as :class:`_Known` keeps them."""
     fd = os.open(path, os.O_RDONLY | _platform.O_BINARY)
     try:
-        return _pread_all(fd, size, offset)
+        head = _pread_all(fd, min(size, _HEAD_BYTES), 0)
+        tail = _pread_all(fd, min(size, _TAIL_BYTES), max(0, size - _TAIL_BYTES))
     finally:
         os.close(fd)
+    return head, tail
 
 
 def _clear_quietly(journal: Journal) -> None:
