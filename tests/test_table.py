@@ -82,7 +82,7 @@ def test_read_header_reports_bom_and_eol() -> None:
     [
         (b"a\nb\n\xc3\n", "line 3: not valid UTF-8"),
         (b"a\rb\r\xff", "line 3: not valid UTF-8"),
-        (b'a\n"b\n', "line 2: unexpected end of data"),
+        (b'a\n"b\n', "line 2: unterminated quote: the quoted field opened on line 2"),
         (b"a\nb\x00\n", "line 2: contains a NUL"),
     ],
 )

@@ -417,8 +417,8 @@ MALFORMED = {
     "not_utf8": (b"path,v\na,1\nb,\xff\xfe\n", "line 3", "UTF-8"),
     "too_many_fields": (b"path,v\na,1\nb,2,3\n", "line 3", "3 fields"),
     "duplicate_header": (b"path,v,v\na,1,2\n", "line 1", "duplicate column"),
-    "unterminated_quote": (b'path,v\na,"open\nb,2\n', "line 3", "unexpected end"),
-    "text_after_quote": (b'path,v\na,"x"y\n', "line 2", "expected after"),
+    "unterminated_quote": (b'path,v\na,"open\nb,2\n', "line 2", "opened on line 2 never closes"),
+    "text_after_quote": (b'path,v\na,"x"y\n', "line 2", "text after a closing quote"),
     "binary": (b"path,v\na,\x00\x01\x02\n", "line 2", "NUL"),
     "late_bad_row": (b"path,v\n" + b"a,1\n" * 5000 + b"z,1,2\n", "line 5002", "fields"),
 }

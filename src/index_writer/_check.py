@@ -22,12 +22,11 @@ import errno
 import io
 import logging
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._table import BOM, Scanner
+from ._table import BOM, Scanner, TableError
 
 __all__ = [
     "CheckReport",
@@ -111,9 +110,6 @@ def _scan(data: bytes) -> _Reading:
     return reading
 
 
-_BAD_BYTE = re.compile(r"not valid UTF-8 \(byte (0x[0-9a-f]{2}) at file offset (\d+)\)")
-
-
 def _read(data: bytes) -> _Reading:
     """Like :func:`_scan`, but keeping every record before a byte that is not UTF-8.
 
@@ -124,11 +120,13 @@ def _read(data: bytes) -> _Reading:
     earlier in the file than the bad byte, so it is the one reported.
     """
     reading = _scan(data)
-    bad = _BAD_BYTE.search(str(reading.error))
-    if reading.error is None or bad is None:
+    error = reading.error
+    if not isinstance(error, TableError) or error.kind != "not-utf8" or error.offset is None:
         return reading
-    before = _scan(data[: int(bad[2])])
-    if before.error is not None and "unexpected end of data" not in str(before.error):
+    before = _scan(data[: error.offset])
+    if before.error is not None and not (
+        isinstance(before.error, TableError) and before.error.kind == "unclosed-quote"
+    ):
         return before
     if before.error is None and before.eols[""]:
         del before.rows[-1], before.blank_before[-1], before.eols[""]
@@ -239,34 +237,22 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
 
 
-_AT_LINE = re.compile(r"line (\d+): (.*)", re.DOTALL)
-
-
-def _fatal(reading: _Reading) -> tuple[str, int]:
-    """The problem that stopped the scanner, and the line where reading stopped.
-
-    The scanner's :class:`csv.Error` messages start with ``line N:``; the
-    causes it reports are recognised by their text, anything else is shown
-    as it is.
-    """
-    text = str(reading.error)
-    m = _AT_LINE.match(text)
-    line, cause = (int(m[1]), m[2]) if m else (reading.lines, text)
-    start = reading.error_start
-    bad = _BAD_BYTE.match(cause)
-    if bad:
-        return f"not UTF-8: byte {bad[1]} at line {line} (byte offset {bad[2]})", line
-    if "NUL byte" in cause:
+def _fatal(reading: _Reading, data: bytes) -> tuple[str, int]:
+    """The problem that stopped the scanner, and the line where reading stopped."""
+    error = reading.error
+    if not isinstance(error, TableError):  # pragma: no cover - the scanner raises only these
+        return f"malformed CSV: {error}", reading.lines
+    line, start = error.line, reading.error_start
+    if error.kind == "not-utf8" and error.offset is not None:
+        byte = f"0x{data[error.offset]:02x}"
+        return f"not UTF-8: byte {byte} at line {line} (byte offset {error.offset})", line
+    if error.kind == "nul":
         return f"binary data: NUL byte at line {line}", line
-    if cause.startswith("unexpected end of data"):
-        return (
-            f"unterminated quote: the quoted field opened on line {start} never "
-            "closes (the rest of the file is inside it)",
-            line,
-        )
-    if cause.startswith("',' expected after '\"'"):
+    if error.kind == "unclosed-quote":
+        return f"unterminated quote: {error.detail.partition(': ')[2]}", reading.lines
+    if error.kind == "text-after-quote":
         return f"text after a closing quote on 1 line: {start}", line
-    return f"malformed CSV at line {line}: {cause}", line
+    return f"malformed CSV at line {line}: {error.detail}", line
 
 
 def _analyse(index_path: Path, data: bytes, filepath_column: str) -> tuple[CheckReport, list[_Row]]:
@@ -280,7 +266,7 @@ def _analyse(index_path: Path, data: bytes, filepath_column: str) -> tuple[Check
         report.notes.append("starts with a UTF-8 byte order mark (kept by writers)")
     stopped = ""
     if reading.error is not None:
-        problem, line = _fatal(reading)
+        problem, line = _fatal(reading, data)
         report.problems.append(problem)
         report.blocking = True
         if not problem.startswith("unterminated quote"):
@@ -490,7 +476,7 @@ def dedupe(
     y,2
     x,3
     """
-    from ._writer import IndexWriter
+    from ._writer import IndexWriter, replace_contents
 
     path = Path(index_path)
     if not path.exists():
@@ -514,7 +500,7 @@ def dedupe(
         chunks.append(data[pos:])
         return b"".join(chunks)
 
-    if not writer._replace_contents(without_duplicates):
+    if not replace_contents(writer, without_duplicates):
         return 0
     logger.info("removed %d duplicate rows from %s", len(drop), path)
     return len(drop)

@@ -6,7 +6,9 @@ optionally a UTF-8 byte-order mark. Parsing is strict: a file this module
 accepts round-trips byte-exact through :func:`format_row`, and anything else
 (not UTF-8, NUL bytes, text after a closing quote, an unterminated quote, a
 row wider than the header, duplicate column names) is reported as a
-:class:`csv.Error` whose message starts with the line number.
+:class:`TableError`: a :class:`csv.Error` that says what is wrong (``kind``)
+and where (``line``, and ``offset`` for bytes that are not UTF-8), with a
+message that starts with the line number.
 
 Values of any size are read without touching the process-wide
 :func:`csv.field_size_limit`: when the C parser refuses a field for its size,
@@ -27,14 +29,92 @@ __all__ = [
     "BOM",
     "Header",
     "Scanner",
+    "TableError",
     "eol_of",
     "format_row",
     "read_header",
     "skim",
+    "too_wide",
 ]
 
 BOM = codecs.BOM_UTF8
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+class TableError(csv.Error):
+    """Bytes that are not a well-formed index table, and where.
+
+    The message is ``line N: <what is wrong>``; the attributes say the same
+    for programs, so nothing needs to parse the text.
+
+    Parameters
+    ----------
+    kind : str
+        What is wrong: ``"not-utf8"``, ``"nul"``, ``"unclosed-quote"``,
+        ``"text-after-quote"``, ``"too-wide"``, ``"duplicate-column"`` or
+        ``"malformed"`` (anything else the parser refuses).
+    line : int
+        The physical line (1-based) where the problem is: for an unclosed
+        quote, the line where the quote opens.
+    detail : str
+        The rest of the message.
+    offset : int, optional
+        Byte offset of the offending byte in the file, where known.
+
+    Examples
+    --------
+    >>> err = TableError("too-wide", 3, "row has 3 fields but the header has 2 columns")
+    >>> print(err)
+    line 3: row has 3 fields but the header has 2 columns
+    >>> err.kind, err.line, isinstance(err, csv.Error)
+    ('too-wide', 3, True)
+    """
+
+    def __init__(self, kind: str, line: int, detail: str, offset: int | None = None) -> None:
+        super().__init__(f"line {line}: {detail}")
+        self.kind = kind
+        self.line = line
+        self.detail = detail
+        self.offset = offset
+
+    def __reduce__(self) -> tuple[type[TableError], tuple[object, ...]]:
+        return (type(self), (self.kind, self.line, self.detail, self.offset))
+
+
+def too_wide(line: int, got: int, ncols: int) -> TableError:
+    """The error for a record with more fields than the header has columns.
+
+    Examples
+    --------
+    >>> print(too_wide(7, 4, 3))  # doctest: +NORMALIZE_WHITESPACE
+    line 7: row has 4 fields but the header has 3 columns; fix or remove
+    that row by hand (index-writer never drops data)
+    """
+    return TableError(
+        "too-wide",
+        line,
+        f"row has {got} fields but the header has {ncols} columns; "
+        "fix or remove that row by hand (index-writer never drops data)",
+    )
+
+
+def _parser_error(e: csv.Error, line: int, record_line: int) -> TableError:
+    """Our error for a :class:`csv.Error` raised by either parser."""
+    text = str(e)
+    if text.startswith("unexpected end of data"):
+        return TableError(
+            "unclosed-quote",
+            record_line,
+            f"unterminated quote: the quoted field opened on line {record_line} never "
+            "closes (the rest of the file is inside it)",
+        )
+    if text.startswith("',' expected after '\"'"):
+        return TableError(
+            "text-after-quote",
+            line,
+            "text after a closing quote (a quote inside a value must be doubled: \"\")",
+        )
+    return TableError("malformed", line, text)
 
 
 def format_row(values: Sequence[str], eol: str) -> str:
@@ -134,9 +214,11 @@ class Scanner:
             for line in text:
                 self.line += 1
                 if "\x00" in line:
-                    raise csv.Error(
-                        f"line {self.line}: contains a NUL byte; this is not a "
-                        "text CSV file"
+                    raise TableError(
+                        "nul",
+                        self.line,
+                        "contains a NUL byte; this is not a text CSV file",
+                        self.offset + len(line[: line.index("\x00")].encode()),
                     )
                 self.offset += len(line) if line.isascii() else len(line.encode())
                 self.last_eol = eol_of(line)
@@ -159,7 +241,7 @@ class Scanner:
 
         Raises
         ------
-        csv.Error
+        TableError
             The bytes are not a well-formed CSV; the message starts with
             ``line N:``.
         """
@@ -174,11 +256,11 @@ class Scanner:
             return
         except UnicodeDecodeError as e:
             raise self._decode_error(e) from e
+        except TableError:
+            raise
         except csv.Error as e:
             if not str(e).startswith("field larger than field limit"):
-                if str(e).startswith("line "):
-                    raise
-                raise csv.Error(f"line {self.line}: {e}") from e
+                raise _parser_error(e, self.line, self.next_start[0]) from e
         # A field too large for the C parser: parse it all again in Python.
         self._restart()
         try:
@@ -193,10 +275,10 @@ class Scanner:
                     yield rec
         except UnicodeDecodeError as e:  # pragma: no cover - found above already
             raise self._decode_error(e) from e
+        except TableError:
+            raise
         except csv.Error as e:
-            if str(e).startswith("line "):
-                raise
-            raise csv.Error(f"line {self.line}: {e}") from e
+            raise _parser_error(e, self.line, self.next_start[0]) from e
 
     # The record that just completed started right after the previous one.
     _rec_start: tuple[int, int] | None = None
@@ -227,7 +309,7 @@ class Scanner:
         self.last_eol = ""
         self.consumed_any = False
 
-    def _decode_error(self, e: UnicodeDecodeError) -> csv.Error:
+    def _decode_error(self, e: UnicodeDecodeError) -> TableError:
         offset, line, pos = self._start
         self._stream.seek(pos)
         data = self._stream.read()
@@ -238,11 +320,15 @@ class Scanner:
             line += data.count(b"\n", 0, bad) + 1
             # Lone CR line ends count too.
             line += len(re.findall(rb"\r(?!\n)", data[:bad]))
-            return csv.Error(
-                f"line {line}: not valid UTF-8 (byte 0x{data[bad]:02x} at file "
-                f"offset {offset + bad}); save the file as UTF-8"
+            return TableError(
+                "not-utf8",
+                line,
+                f"not valid UTF-8 (byte 0x{data[bad]:02x} at file offset {offset + bad}); "
+                "save the file as UTF-8",
+                offset + bad,
             )
-        return csv.Error(f"line {self.line}: not valid UTF-8 ({e.reason})")  # pragma: no cover
+        # pragma: no cover - a decode error always has a first bad byte
+        return TableError("not-utf8", self.line, f"not valid UTF-8 ({e.reason})")
 
 
 def _py_records(lines: Iterator[str]) -> Iterator[list[str]]:
@@ -304,7 +390,7 @@ def read_header(
 
     Raises
     ------
-    csv.Error
+    TableError
         Malformed file, or duplicate column names in the header.
     """
     bom = stream.read(len(BOM)) == BOM
@@ -319,9 +405,10 @@ def read_header(
     seen: set[str] = set()
     for name in columns:
         if name in seen:
-            raise csv.Error(
-                f"line {line}: duplicate column name {name!r} in the header; "
-                "rename one of them"
+            raise TableError(
+                "duplicate-column",
+                line,
+                f"duplicate column name {name!r} in the header; rename one of them",
             )
         seen.add(name)
     return Header(columns, bom, scanner.last_eol or "\n"), scanner, records

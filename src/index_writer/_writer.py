@@ -35,7 +35,7 @@ from ._errors import (
     IndexWriteError,
 )
 from ._lock import Journal, LockFile
-from ._table import BOM, Header, Scanner, format_row, read_header, skim
+from ._table import BOM, Header, Scanner, format_row, read_header, skim, too_wide
 
 __all__ = ["IndexWriter"]
 
@@ -569,7 +569,7 @@ class IndexWriter:
         out: list[dict[str, str]] = []
         for line, _, fields in records:
             if len(fields) > n:
-                raise _too_wide(line, len(fields), n)
+                raise too_wide(line, len(fields), n)
             if len(fields) < n:
                 fields += [""] * (n - len(fields))
             out.append(dict(zip(columns, fields, strict=True)))
@@ -961,6 +961,14 @@ class IndexWriter:
         )
 
 
+def replace_contents(writer: IndexWriter, transform: Callable[[bytes], bytes | None]) -> bool:
+    """Rewrite a writer's whole index under its lock, atomically (for maintenance).
+
+    See :meth:`IndexWriter._replace_contents`.
+    """
+    return writer._replace_contents(transform)
+
+
 def _take_records(
     records: Iterable[tuple[int, int, list[str]]],
     ncols: int,
@@ -970,7 +978,7 @@ def _take_records(
     """Check parsed records against the header; map their paths if asked."""
     for line, start, fields in records:
         if len(fields) > ncols:
-            raise _too_wide(line, len(fields), ncols)
+            raise too_wide(line, len(fields), ncols)
         if paths is not None and pidx is not None and pidx < len(fields):
             p = fields[pidx]
             paths[p] = -1 if p in paths else start
@@ -1076,13 +1084,6 @@ def _same_existing(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def _too_wide(line: int, got: int, n: int) -> csv.Error:
-    return csv.Error(
-        f"line {line}: row has {got} fields but the header has {n} columns; "
-        "fix or remove that row by hand (index-writer never drops data)"
-    )
 
 
 def _pread_all(fd: int, size: int, offset: int) -> bytes:
