@@ -10,43 +10,89 @@ mended in one file.
 
 from __future__ import annotations
 
-import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from index_writer import IndexWriter, _journal, _lock, _state
+import fasteners
+
+from index_writer import IndexWriter, _handles, _journal, _lock
 
 #: The first bytes of a crash journal.
-JOURNAL_MAGIC = _journal.Journal.MAGIC
+JOURNAL_MAGIC = _journal.MAGIC
 
 
 @contextmanager
-def holding_lock(writer: IndexWriter, *, index_too: bool = False) -> Iterator[None]:
-    """Hold ``writer``'s lock exactly as a write does, until the block ends.
+def holding_lock(writer: IndexWriter) -> Iterator[None]:
+    """Hold ``writer``'s lock exactly as a write in progress does, until the block ends.
 
-    With ``index_too``, also hold the index file itself opened and locked,
-    as a write in progress does (creating it if needed).
+    That is every layer: this process's mutexes, the lock file and the index
+    file itself (created if needed). A helper thread holds them, so the block
+    may run in any thread.
     """
-    journal = writer._lock.acquire()
-    fd = -1
-    try:
-        if index_too:
-            opened = _lock.open_index(
-                writer._index, write=True, create=True, deadline=journal.deadline
+    held, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def step(session: object) -> None:
+        held.set()
+        done.wait()
+
+    def hold() -> None:
+        try:
+            _lock.run_locked(
+                writer._index, writer._lock_abs, write=True, create=True, timeout=None, step=step
             )
-            assert opened is not None
-            fd = opened[0]
+        except BaseException as e:
+            errors.append(e)
+            held.set()
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    held.wait()
+    if errors:
+        raise errors[0]
+    try:
         yield
     finally:
-        if fd >= 0:
-            os.close(fd)
-        writer._lock.release()
+        done.set()
+        t.join()
+
+
+@contextmanager
+def holding_lock_file_only(writer: IndexWriter) -> Iterator[None]:
+    """Hold only the lock file, as med-imagetools' writer does (no index lock)."""
+    lock = fasteners.InterProcessLock(str(writer.lock_path))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def recover(index: str | os.PathLike[str]) -> None:
+    """Do what the next writer does first: undo a write a crash cut short.
+
+    Nothing else is written (no entry); a missing index stays missing.
+    """
+    from index_writer import _state
+
+    def step(session: _lock.Session | None) -> None:
+        if session is not None:
+            _state.refresh(session, None)
+
+    absolute = os.path.abspath(index)
+    _lock.run_locked(
+        absolute, absolute + ".lock", write=True, create=False, timeout=None, step=step
+    )
 
 
 def forget_all() -> None:
-    """Drop this process's cached knowledge of every index, as a new process has none."""
-    _state.forget_all()
+    """Drop this process's knowledge and open files of every index, as a new process has none."""
+    for slot in list(_handles._slots.values()):
+        with slot.mutex:
+            slot.close_files()
+            slot.state = None
 
 
 def path_offsets(writer: IndexWriter, paths: Iterable[str]) -> tuple[dict[str, int | None], int]:
@@ -55,36 +101,46 @@ def path_offsets(writer: IndexWriter, paths: Iterable[str]) -> tuple[dict[str, i
     Returns ``{path: offset, or -1 for several rows, or None}`` and how many
     distinct paths the map holds in all.
     """
-    state = _state._states[writer._key]
-    assert state.paths is not None
-    return {p: state.paths.where(p) for p in paths}, len(state.paths)
+    found = _handles.slot_for(writer._index, create_directory=False)
+    assert found is not None
+    slot = found[0]
+    assert slot.state is not None and slot.state.paths is not None
+    mapped = slot.state.paths
+    return {p: mapped.where(p) for p in paths}, len(mapped)
 
 
 def journal_path(index: str | os.PathLike[str]) -> str:
     """The file holding ``index``'s crash journal."""
-    return os.fspath(index) + ".lock"
+    return _handles.journal_path(os.path.realpath(index))
 
 
 def journal_record(index: str | os.PathLike[str]) -> dict[str, object] | None:
-    """The operation ``index``'s journal shows in progress, or None."""
+    """The operation ``index``'s journal holds (finished or not), or None."""
+    record = _journal.read_journal(journal_path(index))
+    return None if record is None else record.info
+
+
+def journal_pending(index: str | os.PathLike[str]) -> bool:
+    """Whether ``index``'s journal shows a change the next writer would undo."""
+    record = _journal.read_journal(journal_path(index))
+    if record is None:
+        return False
+    if record.op == "rewrite":
+        return True
+    fd = os.open(index, os.O_RDONLY)
     try:
-        with open(journal_path(index), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    marker = len(JOURNAL_MAGIC)
-    if not data.startswith(JOURNAL_MAGIC) or data[marker : marker + 1] != b"A":
-        return None
-    record: dict[str, object] = json.loads(data[marker + 1 :].split(b"\n")[0])
-    return record
+        return _journal.torn_append_start(record, fd, os.fstat(fd)) is not None
+    finally:
+        os.close(fd)
 
 
 def write_journal(index: str, record: bytes, payload: bytes = b"") -> None:
-    """Leave ``record`` active in ``index``'s journal, as a killed writer does."""
-    fd = os.open(journal_path(index), os.O_RDWR | os.O_CREAT)
+    """Leave ``record`` in ``index``'s journal, as a writer killed mid-change does."""
+    path = journal_path(index)
+    fd = _journal.open_journal(path, None)
     try:
         # Overwritten in place, as writers do: a longer earlier record's tail stays.
-        _journal.Journal(fd).write(record, False, payload)
+        _journal.Journal(fd, path).write(record, False, payload)
     finally:
         os.close(fd)
 
@@ -92,7 +148,10 @@ def write_journal(index: str, record: bytes, payload: bytes = b"") -> None:
 def write_append_journal(index: str, offset: int, data: bytes) -> None:
     """The journal a writer leaves when killed while appending ``data`` at ``offset``."""
     st = os.stat(index)
-    record, payload = _journal.append_record(
-        os.path.abspath(index), st.st_dev, st.st_ino, offset, data
-    )
+    record, payload = _journal.append_record(st.st_dev, st.st_ino, offset, data)
     write_journal(index, record, payload)
+
+
+def write_rewrite_journal(index: str, temp: str) -> None:
+    """The journal a writer leaves when killed while rewriting through ``temp``."""
+    write_journal(index, _journal.rewrite_record(temp))

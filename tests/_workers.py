@@ -110,8 +110,9 @@ def check_index(
 ) -> dict[str, int]:
     """Check every row of ``index``; return ``{path: rev}``.
 
-    - :meth:`IndexWriter.read_rows` runs first (it rolls back a write cut
-      short by a crash), then the raw file is parsed with the csv module and
+    - :meth:`IndexWriter.read_rows` runs first (its snapshot leaves out a
+      write cut short by a crash), then the next writer's recovery runs (it
+      undoes that write), then the raw file is parsed with the csv module and
       both must agree;
     - no duplicate column, every record has exactly one field per column;
     - every row is self-consistent (:func:`expected_values`) and no expected
@@ -123,6 +124,7 @@ def check_index(
     Raises AssertionError listing the first problems found.
     """
     rows = IndexWriter(index).read_rows()
+    _internals.recover(index)
     header, records = read_csv(index)
     problems: list[str] = []
     if len(set(header)) != len(header):
@@ -460,7 +462,7 @@ def hold_writer_lock_until_told(index: str, conn: Any, mid_write: bool = False) 
     ``"held"`` once locked, releases on any message, then sends
     ``"released"``.
     """
-    with _internals.holding_lock(IndexWriter(index), index_too=mid_write):
+    with _internals.holding_lock(IndexWriter(index)):
         conn.send("held")
         conn.recv()
     conn.send("released")

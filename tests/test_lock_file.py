@@ -21,7 +21,7 @@ def test_deleting_a_held_lock_file_does_not_let_a_second_writer_in(tmp_path: Pat
     ctx = mp.get_context("spawn")
 
     # A writer in its critical section holds the lock file and the index.
-    with _internals.holding_lock(holder, index_too=True):
+    with _internals.holding_lock(holder):
         os.unlink(holder.lock_path)  # as med-imagetools does at the end of a run
         child = ctx.Process(target=_write, args=(str(index), "second"))
         child.start()
@@ -42,7 +42,7 @@ def test_the_lock_file_alone_would_not_have_been_enough(tmp_path: Path) -> None:
     index = tmp_path / "index.csv"
     holder = IndexWriter(index)
     holder.write_entry("first", {"by": "parent"})
-    with _internals.holding_lock(holder):
+    with _internals.holding_lock_file_only(holder):
         os.unlink(holder.lock_path)
         child = mp.get_context("spawn").Process(target=_write, args=(str(index), "second"))
         child.start()

@@ -401,9 +401,22 @@ def test_parent_directory_created(tmp_path: Path) -> None:
     assert index.read_text() == "path\na\n"
 
 
-def test_single_empty_field_row(index: Path) -> None:
+def test_empty_path_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    index = tmp_path / "sub" / "index.csv"
     w = IndexWriter(index)
-    w.write_entry("", {})
+    for call in (
+        lambda: w.write_entry("", {"a": 1}),
+        lambda: w.write_entries([("a.nii", {}), ("", {})]),
+    ):
+        with pytest.raises(ValueError, match="path must not be empty"):
+            call()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_single_empty_field_row(index: Path) -> None:
+    # Written elsewhere: a row whose only field is empty is "" (not a blank line).
+    index.write_bytes(b'path\n""\n')
+    w = IndexWriter(index)
     w.write_entry("x", {})
     assert index.read_bytes() == b'path\n""\nx\n'
     forget()

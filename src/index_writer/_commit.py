@@ -1,20 +1,26 @@
 """Carrying out a plan (:mod:`._plan`) on the locked index, crash-safe.
 
 Each change is recorded in the crash journal (:mod:`._journal`) before the
-index is touched and marked done afterwards:
+index is touched:
 
-- :func:`append` adds the plan's bytes with one write (rolled back on
-  failure by :func:`._files.append`) and advances the process's
-  :class:`._state.IndexState` past them;
+- :func:`append` adds the plan's bytes with one write (undone on failure by
+  :func:`._files.append`) and advances the process's
+  :class:`._state.IndexState` past them. A finished append needs no mark in
+  the journal: the file's size shows it finished.
 - :func:`rewrite` streams the whole new file to a temporary file that
   replaces the index atomically (:func:`._files.replace`) and returns the
   state of the new file;
 - :func:`replace_contents` is the same atomic replacement for maintenance
   tools that compute the new bytes themselves.
+
+Before a rewrite starts, the index's modification time is bumped, so every
+other writer sees a change and reads the journal on its next call: if the
+rewrite is cut short, the next writer removes its temporary file.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator
 
@@ -29,15 +35,12 @@ from ._table import BOM, Header, format_row, read_header
 __all__ = ["append", "replace_contents", "rewrite"]
 
 
-def append(
-    fd: int, state: IndexState, journal: Journal, plan: Append, index: str, durable: bool
-) -> None:
+def append(fd: int, state: IndexState, journal: Journal, plan: Append, durable: bool) -> None:
     """Append ``plan.data`` to the index open as ``fd`` and update ``state``."""
     start = state.size
-    record, payload = append_record(index, state.dev, state.ino, start, plan.data)
+    record, payload = append_record(state.dev, state.ino, start, plan.data)
     journal.write(record, durable, payload)
     _files.append(fd, plan.data, start, durable)
-    journal.clear_quietly()
     mtime_ns = os.fstat(fd).st_mtime_ns
 
     if not state.header.columns:
@@ -60,18 +63,12 @@ def rewrite(
     filepath_column: str,
     durable: bool,
 ) -> IndexState:
-    """Replace the index open as ``fd`` by the file ``plan`` describes.
+    """Replace the index open as ``fd`` (at path ``index``) by the file ``plan`` describes.
 
     Returns the state of the new file (its paths mapped if ``state``'s were).
     """
     stream = _RewriteStream(fd, state, plan, filepath_column)
-    like = os.fstat(fd)
-    temp = _files.new_temp_name(index)
-    journal.write(rewrite_record(index, temp), durable)
-    try:
-        st = _files.replace(index, temp, stream.chunks(), like, durable)
-    finally:
-        journal.clear_quietly()
+    st = _replace(fd, journal, index, stream.chunks(), durable)
     new_fd = os.open(index, os.O_RDONLY | _platform.O_BINARY)
     try:
         head, tail = head_and_tail(new_fd, st.st_size)
@@ -90,6 +87,40 @@ def rewrite(
     )
 
 
+def replace_contents(
+    fd: int,
+    size: int,
+    journal: Journal,
+    index: str,
+    transform: Callable[[bytes], bytes | None],
+    durable: bool,
+) -> bool:
+    """Replace the index open as ``fd`` by ``transform(old bytes)``, atomically.
+
+    ``transform`` returns None to leave the file alone. Returns whether the
+    file was replaced.
+    """
+    new = transform(_files.pread_all(fd, size, 0))
+    if new is None:
+        return False
+    _replace(fd, journal, index, [new], durable)
+    return True
+
+
+def _replace(
+    fd: int, journal: Journal, index: str, chunks: Iterator[bytes] | list[bytes], durable: bool
+) -> os.stat_result:
+    """Journal, bump the old file's time, write the new one and rename it over."""
+    like = os.fstat(fd)
+    temp = _files.new_temp_name(index)
+    journal.write(rewrite_record(temp), durable)
+    os.utime(fd)  # others see a change, and so read the journal
+    try:
+        return _files.replace(index, temp, chunks, like, durable)
+    finally:
+        journal.mark_done_quietly()
+
+
 class _RewriteStream:
     """The new file's bytes, produced while reading the old one.
 
@@ -99,6 +130,7 @@ class _RewriteStream:
 
     def __init__(self, fd: int, state: IndexState, plan: Rewrite, filepath_column: str) -> None:
         self._fd = fd
+        self._size = state.size
         self._plan = plan
         self._eol = state.header.eol
         self._bom = state.header.bom
@@ -129,8 +161,7 @@ class _RewriteStream:
         self.offset = len(head)
         self.lines = count_lines(head_text)
         yield head
-        f = open(self._fd, "rb", buffering=1 << 16, closefd=False)  # noqa: SIM115
-        f.seek(0)
+        f = io.BufferedReader(_files.BoundedReader(self._fd, self._size), 1 << 16)
         _, _, records = read_header(f)
         done: set[str] = set()
         old = self._old_column
@@ -148,32 +179,5 @@ class _RewriteStream:
             yield self._emit([row.get(c, "") for c in columns])
 
 
-def replace_contents(
-    fd: int,
-    like: os.stat_result,
-    journal: Journal,
-    index: str,
-    transform: Callable[[bytes], bytes | None],
-    durable: bool,
-) -> bool:
-    """Replace the index open as ``fd`` by ``transform(old bytes)``, atomically.
-
-    ``transform`` returns None to leave the file alone. Returns whether the
-    file was replaced.
-    """
-    new = transform(_files.pread_all(fd, like.st_size, 0))
-    if new is None:
-        return False
-    temp = _files.new_temp_name(index)
-    journal.write(rewrite_record(index, temp), durable)
-    try:
-        _files.replace(index, temp, [new], like, durable)
-    finally:
-        journal.clear_quietly()
-    return True
-
-
 def _bytes_len(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8"))
-
-

@@ -1,49 +1,108 @@
-"""The index lock: one writer at a time, across threads and processes.
+"""Taking and releasing the index lock, for writers and for readers.
 
-Two layers, always taken in this order and released in reverse:
+Layers, always taken in this order and released in reverse:
 
-1. a :class:`threading.Lock` per lock file, shared by every writer in this
-   process, because POSIX record locks belong to the *process*: two threads
-   would both "get" the file lock, and a thread closing its descriptor
-   would silently release the lock another thread holds;
-2. a fasteners :class:`~fasteners.InterProcessLock` on the lock file, the same
-   ``lockf`` lock med-imagetools takes, so the two implementations exclude each
-   other.
+1. the index's in-process mutex (:class:`._handles.IndexSlot`), shared by
+   every writer and reader of that file in this process, whatever path
+   spelling or lock file they use;
+2. the lock file's in-process mutex (:class:`._handles.LockFile`), since
+   several indexes may share a lock file;
+3. the lock file's ``lockf`` lock, the one med-imagetools takes, so the two
+   implementations exclude each other: exclusive for writers; shared for
+   readers, through a read-only descriptor (readers need no write access);
+4. a ``lockf`` lock on the index file itself, exclusive for writers, shared
+   for readers. It is free in normal operation; it keeps writers apart when
+   the lock file is deleted while held (med-imagetools deletes
+   ``NAME.lock`` at the end of a run): the next writer creates and locks a
+   new lock file, but still waits here.
 
-The lock file stays open in this process between writes (reopening it would
-cost more than the write itself). After each acquisition the lock file on disk
-is checked to still be the file we locked: med-imagetools deletes
-``<index>.lock`` when a pipeline finishes, and a writer that locked the
-deleted file would otherwise run beside one that locked its replacement.
+:func:`run_locked` takes them, runs the caller's step, and releases them in
+a ``finally`` that retries each (idempotent) release until done, so an
+asynchronous exception -- Ctrl-C's :class:`KeyboardInterrupt` -- landing
+anywhere between taking and releasing cannot leave a lock held.
 
-While held, the lock file's content is the crash journal (:mod:`._journal`).
+Writers keep the lock file and the index open between calls; each call
+checks that the open index is still the one at its path (a rewrite replaces
+it by a rename), and at most every :data:`RECHECK` seconds -- and after every
+wait -- that the lock file is still the one at its path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import io
 import logging
 import os
-import threading
+import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any, TypeVar
 
-import fasteners
+from . import _handles, _platform
+from ._handles import IndexSlot, LockFile
+from ._journal import Journal, open_journal, read_journal, torn_append_start
 
-from . import _platform
-from ._errors import IndexLockTimeoutError
-from ._journal import Journal
-
-__all__ = ["IndexLock", "open_index", "poll"]
+__all__ = ["RECHECK", "Session", "poll", "run_locked"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: How often (seconds) a writer checks that the lock file it keeps open is
+#: still the one at its path (deleted and recreated: it switches to the new
+#: one). After waiting for the lock it always checks.
+RECHECK = 0.1
 
 #: How a busy lock is polled when a timeout is set (or the platform cannot
 #: wait in the kernel): first retry after 1 ms, backing off to 10 ms.
 POLL_DELAY = 0.001
 POLL_MAX_DELAY = 0.01
+
+
+class LockTimeout(Exception):
+    """A lock was not acquired by the deadline (turned into the public error)."""
+
+    def __init__(self, holder: str | None) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+class Session:
+    """The locked index, as a step run by :func:`run_locked` sees it.
+
+    Attributes
+    ----------
+    slot : IndexSlot
+        The index's in-process handle (cached state and descriptors).
+    path : str
+        The index's real path, as this call spells it.
+    fd : int
+        The index, open (for appending, for writers); -1 for a reader of a
+        missing index.
+    st : os.stat_result | None
+        Its ``fstat`` after locking.
+    created : bool
+        This call created the (empty) index file.
+    journal : Journal | None
+        The crash journal, open read-write (writers only).
+    end : int
+        For readers: where the data ends (before an append a crash cut
+        short, which only a writer may undo).
+    deadline : float | None
+        ``time.monotonic()`` value by which the caller's timeout runs out.
+    """
+
+    __slots__ = ("created", "deadline", "end", "fd", "journal", "path", "slot", "st")
+
+    def __init__(self, slot: IndexSlot, path: str, deadline: float | None) -> None:
+        self.slot = slot
+        self.path = path
+        self.deadline = deadline
+        self.fd = -1
+        self.st: os.stat_result | None = None
+        self.created = False
+        self.journal: Journal | None = None
+        self.end = 0
 
 
 def poll(attempt: Callable[[], bool], deadline: float | None) -> bool:
@@ -65,231 +124,283 @@ def poll(attempt: Callable[[], bool], deadline: float | None) -> bool:
         delay = min(delay * 2, POLL_MAX_DELAY)
 
 
-def _busy(e: OSError) -> bool:
-    return e.errno in (errno.EACCES, errno.EAGAIN)
-
-
-class _LockFile:
-    """This process's handle on one lock file: the thread layer and the file lock."""
-
-    __slots__ = ("_ipl", "journal_fd", "path", "thread_lock")
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.thread_lock = threading.Lock()
-        self._ipl = fasteners.InterProcessLock(path)
-        self.journal_fd = -1  # read-write descriptor of the same file, for the journal
-
-    def is_open(self) -> bool:
-        lockfile = self._ipl.lockfile
-        return lockfile is not None and not lockfile.closed
-
-    def reopen(self) -> bool:
-        """Open (creating the file and its directory) and try the lock once."""
-        got = bool(self._ipl.acquire(blocking=False))
-        self.journal_fd = _platform.open_journal(self.path, self._ipl.lockfile)
-        return got
-
-    def try_lock(self) -> bool:
-        """Take the file lock if it is free; False if another process holds it."""
-        try:
-            self._ipl.trylock()
-        except OSError as e:
-            if not _busy(e):
-                raise
-            return False
+def _wait(fd: int, exclusive: bool, deadline: float | None) -> bool:
+    """Wait for the ``lockf`` lock on ``fd`` and take it; False at the deadline."""
+    if deadline is None and _platform.lock_blocking(fd, exclusive):
         return True
-
-    def wait(self, deadline: float | None) -> bool:
-        """Wait for the file lock and take it; False if ``deadline`` passed."""
-        if deadline is None and _platform.lock_blocking(self._ipl.lockfile):
-            return True
-        return poll(self.try_lock, deadline)
-
-    def unlock(self) -> None:
-        self._ipl.unlock()
-
-    def still_at_path(self) -> bool:
-        """Whether the file we hold is still the one at our path."""
-        try:
-            on_disk = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return _platform.same_file(on_disk, os.fstat(self._ipl.lockfile.fileno()))
-
-    def close(self) -> None:
-        """Close our descriptors of the lock file (only while not locked)."""
-        if self.journal_fd >= 0:
-            os.close(self.journal_fd)
-            self.journal_fd = -1
-        if self.is_open():
-            self._ipl.lockfile.close()
-        self._ipl.lockfile = None
-        self._ipl.acquired = False
+    return poll(lambda: _platform.try_lock(fd, exclusive), deadline)
 
 
-_registry_guard = threading.Lock()
-_registry: dict[str, _LockFile] = {}
+def _take_mutex(mutex: Any, deadline: float | None) -> None:
+    if deadline is None:
+        mutex.acquire()
+    elif not mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise LockTimeout("another thread of this process holds it")
 
 
-def _reset_after_fork() -> None:
-    # A thread of the parent may have held any of these at fork time; that
-    # thread does not exist in the child, and POSIX locks are not inherited.
-    # The inherited descriptors are closed now, while the child holds no lock:
-    # closing them later (say, when garbage collected) would release a lock
-    # the child had taken meanwhile through a new descriptor.
-    global _registry_guard, _registry
-    for entry in _registry.values():
-        with contextlib.suppress(OSError):
-            entry.close()
-    _registry_guard = threading.Lock()
-    _registry = {}
+def run_locked(
+    index: str,
+    lock_path: str,
+    *,
+    write: bool,
+    create: bool,
+    timeout: float | None,
+    step: Callable[[Session | None], _T],
+) -> _T:
+    """Run ``step`` with the index locked; return what it returns.
 
-
-_platform.register_after_fork(_reset_after_fork)
-
-
-def _lock_file(path: str) -> _LockFile:
-    entry = _registry.get(path)
-    if entry is None:
-        with _registry_guard:
-            entry = _registry.setdefault(path, _LockFile(path))
-    return entry
-
-
-class IndexLock:
-    """Exclusive access to an index, keyed by its lock file.
-
-    Use as ``journal = lock.acquire()`` ... ``lock.release()`` in a
-    ``try``/``finally``.
-
-    Parameters
-    ----------
-    path : str
-        Absolute path of the lock file. Created (with its directory) if needed.
-    display_path : Path
-        The path as the user gave it, for error messages.
-    timeout : float | None
-        Seconds to wait before :class:`IndexLockTimeoutError`; None waits forever.
-    """
-
-    def __init__(self, path: str, display_path: Path, timeout: float | None) -> None:
-        self.path = path
-        self.display_path = display_path
-        self.timeout = timeout
-
-    def acquire(self) -> Journal:
-        """Take both layers of the lock and return the journal.
-
-        Raises
-        ------
-        IndexLockTimeoutError
-            The lock was not acquired within ``timeout`` seconds.
-        OSError
-            The lock file could not be created, opened or locked.
-        """
-        timeout = self.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        entry = _lock_file(self.path)
-        if timeout is None:
-            entry.thread_lock.acquire()
-        elif not entry.thread_lock.acquire(timeout=timeout):
-            raise IndexLockTimeoutError(self.display_path, timeout)
-        try:
-            self._lock_current_file(entry, deadline)
-            try:
-                return Journal(entry.journal_fd, deadline)
-            except BaseException:
-                entry.unlock()
-                raise
-        except BaseException:
-            entry.thread_lock.release()
-            raise
-
-    def release(self) -> None:
-        """Release both layers (the caller holds them)."""
-        entry = _registry[self.path]
-        try:
-            entry.unlock()
-        finally:
-            entry.thread_lock.release()
-
-    def _lock_current_file(self, entry: _LockFile, deadline: float | None) -> None:
-        """Take the file lock on the file that *currently* has our path."""
-        while True:
-            got = entry.try_lock() if entry.is_open() else entry.reopen()
-            if not got and not entry.wait(deadline):
-                assert self.timeout is not None
-                raise IndexLockTimeoutError(self.display_path, self.timeout)
-            try:
-                current = entry.still_at_path()
-            except BaseException:
-                entry.unlock()
-                raise
-            if current:
-                return
-            # The lock file was deleted (and maybe recreated) since we opened
-            # it: our lock guards nothing. Start again on the current file.
-            logger.debug("lock file %s was replaced; locking the new one", self.path)
-            entry.unlock()
-            entry.close()
-
-
-def open_index(
-    path: str, *, write: bool, create: bool, deadline: float | None
-) -> tuple[int, os.stat_result, bool] | None:
-    """Open the index file and lock it too; None if it does not exist.
-
-    The lock file alone keeps writers apart only while it stays in place: if
-    it is deleted while a writer holds it, the next writer creates and locks
-    a new one. So every writer (and reader) also locks the index file itself,
-    exclusively (shared for reading), through the descriptor it uses, until
-    it closes it. That lock is always free in normal operation and costs one
-    uncontended system call. As with the lock file, the locked file must
-    still be the one at the path: a rewrite may have replaced it while we
-    waited.
-
-    Returns ``(fd, stat, created)``; ``created`` says the file was created
-    here (``create=True``), with its directory if needed.
+    ``step`` gets None when the index does not exist and is not to be
+    created (readers; writers with ``create=False``). Writers with
+    ``create`` make the index's directory and the file if needed.
 
     Raises
     ------
-    TimeoutError
-        The index file stayed locked until ``deadline``.
+    LockTimeout
+        A lock was not acquired within ``timeout`` seconds.
+    OSError
+        Opening or locking failed.
     """
-    flags = (os.O_RDWR | os.O_APPEND if write else os.O_RDONLY) | _platform.O_BINARY
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        created = False
+        found = _handles.slot_for(index, create_directory=write and create)
+        if found is None:
+            return step(None)
+        slot, real = found
+        lock = _handles.lock_file_for(lock_path)
+        s = Session(slot, real, deadline)
+        reader_files: list[io.FileIO] = []
+        # What releasing takes, prepared before anything is taken. Every step
+        # is idempotent and retried until done: an interrupt landing between
+        # taking and releasing must not leave a lock behind.
+        release: list[tuple[Callable[..., object], tuple[Any, ...]]] = [
+            (_close_all, (reader_files,)),
+            (_unlock_index, (slot, write)),
+            (_unlock_lock_file, (lock, write)),
+            (_release_all, (lock.mutex,)),
+            (_release_all, (slot.mutex,)),
+        ]
         try:
-            fd = os.open(path, flags)
+            _take_mutex(slot.mutex, deadline)
+            _take_mutex(lock.mutex, deadline)
+            if slot.evicted or lock.evicted:
+                continue  # closed for good meanwhile: look them up again
+            _handles.touch(slot)
+            _handles.touch(lock)
+            if write:
+                _lock_lock_file(lock, slot, deadline)
+                if not _open_for_write(s, lock_path, create):
+                    return step(None)
+            elif not _open_for_read(s, lock_path, reader_files):
+                return step(None)
+            return step(s)
+        finally:
+            pending: BaseException | None = None
+            while release:
+                try:
+                    while release:
+                        release[0][0](*release[0][1])
+                        del release[0]
+                except OSError as e:  # a failing unlock: closing later still releases
+                    logger.warning("releasing the lock of %s: %s", index, e)
+                    del release[0]
+                except BaseException as e:  # retried, then re-raised
+                    pending = pending or e
+            if pending is not None:
+                raise pending
+
+
+def _close_all(files: list[io.FileIO]) -> None:
+    for f in files:
+        f.close()
+
+
+def _unlock_lock_file(lock: LockFile, write: bool) -> None:
+    if write and _owned(lock.mutex):
+        lock.unlock()
+
+
+def _owned(mutex: Any) -> bool:
+    """Whether this thread holds ``mutex`` (an RLock)."""
+    return bool(mutex._is_owned())
+
+
+def _release_all(mutex: Any) -> None:
+    while _owned(mutex):
+        mutex.release()
+
+
+def _unlock_index(slot: IndexSlot, write: bool) -> None:
+    if write and _owned(slot.mutex) and slot.index_fd >= 0:
+        _platform.unlock(slot.index_fd)
+
+
+def _lock_lock_file(lock: LockFile, slot: IndexSlot, deadline: float | None) -> None:
+    """Take the lock file's exclusive lock, on the file currently at its path."""
+    while True:
+        waited = False
+        if not lock.is_open():
+            got = lock.open_and_try()
+            lock.checked = time.monotonic()
+        else:
+            got = lock.try_lock()
+        if not got:
+            if not _wait(lock.fileno(), True, deadline):
+                raise LockTimeout(_holder(lock.fileno(), slot))
+            waited = True
+        now = time.monotonic()
+        if not waited and now - lock.checked < RECHECK:
+            return
+        lock.checked = now
+        if lock.still_at_path():
+            return
+        # Deleted (and maybe recreated) since we opened it: our lock guards
+        # nothing. Start again on the current file.
+        logger.debug("lock file %s was replaced; locking the new one", lock.path)
+        lock.unlock()
+        lock.close()
+
+
+def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
+    """Open (or reuse) the index for appending and lock it; False if missing.
+
+    Also opens the journal. A cached descriptor whose file was replaced
+    (a rewrite renames a new file over it) or deleted is reopened.
+    """
+    slot = s.slot
+    if slot.opened_via != s.path:  # another spelling (bind mount): open through ours
+        slot.close_files()
+    while True:
+        if slot.index_fd < 0:
+            fd, s.created = _open_index(s.path, create)
+            if fd < 0:
+                return False
+            slot.index_fd = fd
+            slot.opened_via = s.path
+        fd = slot.index_fd
+        if not _platform.try_lock(fd, True) and not _wait(fd, True, s.deadline):
+            raise LockTimeout(_holder(fd, slot))
+        try:
+            st = os.fstat(fd)
+            current = st.st_nlink == 1 or (
+                st.st_nlink > 1 and _platform.same_file(st, os.stat(s.path))
+            )
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ESTALE):
+                raise
+            current = False
+        if current:
+            break
+        _platform.unlock(fd)
+        slot.close_files()
+        slot.state = None
+    s.fd, s.st = fd, st
+    if slot.journal_fd < 0:
+        slot.journal_fd, slot.journal_path = _open_journal(s.path, lock_path, st)
+    s.journal = Journal(slot.journal_fd, slot.journal_path)
+    return True
+
+
+def _open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, str]:
+    """Open the index's crash journal: next to the index, else next to the lock file.
+
+    The journal belongs next to the index, where every writer finds it
+    whatever lock file it uses. A writer that may not create files in the
+    index's directory (while the journal does not exist yet) keeps it next
+    to its lock file instead, whose directory it can write.
+    """
+    path = _handles.journal_path(index)
+    try:
+        return open_journal(path, st), path
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fallback = _handles.journal_path(os.path.realpath(lock_path))
+        logger.debug("cannot create %s (%s); keeping the journal in %s", path, e, fallback)
+        return open_journal(fallback, st), fallback
+
+
+def _open_index(path: str, create: bool) -> tuple[int, bool]:
+    """Open the index for appending: ``(fd, created)``, or ``(-1, False)`` if missing."""
+    flags = os.O_RDWR | os.O_APPEND | _platform.O_BINARY
+    while True:
+        try:
+            return os.open(path, flags), False
         except FileNotFoundError:
             if not create:
-                return None
-            created = True
-            try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                continue
+                return -1, False
         try:
-            if not _lock_index(fd, write, deadline):
-                raise TimeoutError(f"the index file {path} stayed locked")
-            st = os.fstat(fd)
-            same = _platform.same_file(st, os.stat(path))
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # the directory was removed meanwhile
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
+    """Open the index read-only under shared locks; False if it does not exist.
+
+    Nothing is created: a missing lock file is simply not locked (no writer
+    can be active without one, unless it was deleted -- the index lock
+    covers that), a missing index reads as no rows. Sets ``s.end`` before
+    an append a crash cut short.
+    """
+    slot = s.slot
+    try:
+        lockfile = io.FileIO(lock_path, "r")
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        pass
+    else:
+        files.append(lockfile)
+        if not _platform.try_lock(lockfile.fileno(), False) and not _wait(
+            lockfile.fileno(), False, s.deadline
+        ):
+            raise LockTimeout(_holder(lockfile.fileno(), slot))
+    while True:
+        try:
+            index = io.FileIO(s.path, "r")
         except FileNotFoundError:
-            same = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if same:
-            return fd, st, created
-        os.close(fd)
+            return False
+        files.append(index)
+        fd = index.fileno()
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), s.path)
+        if not _platform.try_lock(fd, False) and not _wait(fd, False, s.deadline):
+            raise LockTimeout(_holder(fd, slot))
+        try:
+            current = _platform.same_file(os.fstat(fd), os.stat(s.path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        files.pop().close()  # replaced while we waited: read the new file
+    st = os.fstat(fd)
+    s.fd, s.st = fd, st
+    s.end = st.st_size
+    for journal in {_handles.journal_path(s.path), slot.journal_path}:
+        start = torn_append_start(read_journal(journal), fd, st)
+        if start is not None:
+            s.end = min(s.end, start)
+    return True
 
 
-def _lock_index(fd: int, exclusive: bool, deadline: float | None) -> bool:
-    if deadline is None:
-        _platform.lock_index_blocking(fd, exclusive)
-        return True
-    return poll(lambda: _platform.try_lock_index(fd, exclusive), deadline)
+def _holder(fd: int, slot: IndexSlot) -> str | None:
+    """Who holds the lock, as far as can be known, for a timeout message."""
+    parts = []
+    pid = _platform.lock_holder(fd)
+    if pid is not None:
+        parts.append(f"held by process {pid}")
+    record = read_journal(slot.journal_path)
+    if record is not None:
+        info = record.info
+        when = info.get("time")
+        since = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+            if isinstance(when, (int, float))
+            else "?"
+        )
+        parts.append(
+            f"last change begun by process {info.get('pid', '?')} on host "
+            f"{info.get('host', '?')} at {since}"
+        )
+    return "; ".join(parts) or None

@@ -39,6 +39,8 @@ def as_path_str(path: object, what: str) -> str:
 
 def _make_row(path: object, context: object, filepath_column: str) -> Row:
     p = as_path_str(path, "path")
+    if not p:
+        raise ValueError("path must not be empty: there is no file to record")
     if not isinstance(context, Mapping):
         raise TypeError(
             "context must be a mapping of column name to value, "
@@ -71,7 +73,7 @@ def prepare(entries: Iterable[Any], filepath_column: object) -> list[Row]:
     TypeError
         A pair, path, context or key of the wrong type.
     ValueError
-        An empty ``filepath_column``, or a context key equal to
+        An empty path or ``filepath_column``, or a context key equal to
         ``filepath_column`` with a value other than the path.
 
     Examples

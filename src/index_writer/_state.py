@@ -3,30 +3,51 @@
 An :class:`IndexState` holds an index's identity (device and inode), size,
 modification time, header, line count, whether it ends with a line
 terminator, its first and last bytes, and -- once ``replace_existing`` needs
-it -- where each path's row starts (:class:`._paths.PathOffsets`). States are
-kept per process between calls (:func:`refresh` finds and updates them), so
-a write costs the same at a million rows as at a thousand:
+it -- where each path's row starts (:class:`._paths.PathOffsets`). It lives
+on the index's :class:`._handles.IndexSlot` between calls, and
+:func:`refresh` brings it up to date at the start of each write:
 
-- unchanged file (same inode, size and mtime): nothing to read;
-- longer file with the same first and last known bytes: another writer
-  appended; only the new bytes are read and checked;
+- unchanged file (same inode, size and modification time): nothing is read;
+- otherwise the crash journal is consulted first (:func:`._journal.recover`
+  undoes an append a crash cut short); then, for a longer file whose last
+  known bytes are unchanged, only the appended bytes are read and checked
+  (plus the first bytes, unless the journal shows the growth ends with an
+  append by one of our writers);
 - anything else (a new inode, a shorter file, changed bytes, a same-size
-  file with a new mtime): the whole file is read and checked again.
+  file with a new time): the whole file is read and checked again.
+
+A file whose last record has no line terminator and cannot be a row (an
+unclosed quote, a cut UTF-8 character) holds a write cut short with no
+journal to undo it: writers move those bytes aside into a file next to the
+index, readers stop before them (:func:`incomplete_tail`).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from . import _files, _platform
+from . import _files, _journal, _platform
+from ._lock import Session
 from ._paths import PathOffsets
 from ._rows import Row
 from ._table import Header, Scanner, TableError, read_header, skim, too_wide
 
-__all__ = ["IndexState", "count_lines", "forget_all", "read_rows", "refresh"]
+__all__ = [
+    "IndexState",
+    "count_lines",
+    "recover",
+    "incomplete_tail",
+    "iter_rows",
+    "refresh",
+    "stored_equals",
+]
+
+logger = logging.getLogger(__name__)
 
 #: How many bytes at the start and the end of the file are compared to detect
 #: a rewrite by another program before trusting what we know about the file.
@@ -100,6 +121,15 @@ class IndexState:
         self.paths_column = paths_column
         self.paths = paths
 
+    def unchanged(self, st: os.stat_result) -> bool:
+        """Whether ``st`` shows the very file this state describes, untouched."""
+        return (
+            st.st_size == self.size
+            and st.st_mtime_ns == self.mtime_ns
+            and st.st_ino == self.ino
+            and st.st_dev == self.dev
+        )
+
     def set_columns(self, columns: list[str]) -> None:
         """The header's columns are now ``columns``."""
         self.header.columns = list(columns)
@@ -119,40 +149,12 @@ class IndexState:
             self.head = (self.head + data)[:HEAD_BYTES]
 
 
-_states: dict[tuple[str, str], IndexState] = {}
+def refresh(s: Session, paths_column: str | None) -> IndexState:
+    """Bring what is known about the locked index up to date, cheaply (writers).
 
-
-def _forget_after_fork() -> None:
-    # Another thread may have been half-way through updating an entry at fork.
-    global _states
-    _states = {}
-
-
-_platform.register_after_fork(_forget_after_fork)
-
-
-def forget_all() -> None:
-    """Forget every index, as a new process would."""
-    _states.clear()
-
-
-def forget(key: tuple[str, str]) -> None:
-    """Forget one index (it was replaced by other means)."""
-    _states.pop(key, None)
-
-
-def remember(key: tuple[str, str], state: IndexState) -> None:
-    """Keep ``state`` as what is known about the index ``key``."""
-    _states[key] = state
-
-
-def refresh(
-    key: tuple[str, str], fd: int, st: os.stat_result, paths_column: str | None
-) -> IndexState:
-    """Bring what we know about the index open as ``fd`` up to date, cheaply.
-
-    ``st`` is the file's current ``fstat``. With ``paths_column``, the state
-    also maps the paths of that column.
+    With ``paths_column``, the state also maps the paths of that column.
+    Updates ``s.st`` if the file had to be changed (a torn write undone or
+    moved aside).
 
     Raises
     ------
@@ -161,36 +163,77 @@ def refresh(
     OSError
         Reading failed.
     """
-    state = _states.pop(key, None)  # kept again only once up to date
-    if state is not None and not _still_valid(state, fd, st):
+    slot = s.slot
+    state = slot.state
+    assert s.st is not None and s.journal is not None
+    if state is not None and state.unchanged(s.st) and (
+        paths_column is None or state.paths_column == paths_column
+    ):
+        return state
+    slot.state = None  # kept again only once up to date
+    record = recover(s)
+    if s.st.st_size < (state.size if state is not None else 0):
         state = None
-    if state is None or (paths_column is not None and state.paths_column != paths_column):
-        state = _load(fd, st, paths_column)
-    _states[key] = state
+    for _ in range(2):
+        try:
+            if (
+                state is not None
+                and paths_column in (None, state.paths_column)
+                and _read_appended(s.fd, state, s.st, record)
+            ):
+                break
+            state = _load(s.fd, s.st, paths_column)
+            break
+        except TableError as e:
+            start = incomplete_tail(e, s.fd, s.st.st_size)
+            if start is None:
+                raise
+            _move_aside(s.fd, start, s.st.st_size, s.path)
+            s.st = os.fstat(s.fd)
+            state = None
+    assert state is not None
+    slot.state = state
     return state
 
 
-def _still_valid(state: IndexState, fd: int, st: os.stat_result) -> bool:
-    """Whether ``state`` still describes the file, after reading what was appended."""
-    if (state.dev, state.ino) != (st.st_dev, st.st_ino):
-        return False
-    if st.st_size == state.size and st.st_mtime_ns == state.mtime_ns:
-        return True
+def recover(s: Session) -> _journal.Record | None:
+    """Undo what a writer killed with the lock held left unfinished (writers).
+
+    Returns the journal's record (for :func:`refresh`); updates ``s.st`` if
+    the file changed.
+    """
+    assert s.journal is not None
+    record = s.journal.read()
+    if _journal.recover(s.journal, record, s.fd, s.st, s.path):
+        s.st = os.fstat(s.fd)
+        s.slot.state = None
+    return record
+
+
+def _read_appended(
+    fd: int, state: IndexState, st: os.stat_result, record: _journal.Record | None
+) -> bool:
+    """Take in the rows appended since ``state``; False if the file changed otherwise.
+
+    The appended bytes are read together with the last known ones, which
+    must be unchanged; so must the first ones, unless the journal shows that
+    the growth ends with an append by one of our writers (who checked the
+    file before appending).
+    """
     if not (
-        st.st_size > state.size
+        (state.dev, state.ino) == (st.st_dev, st.st_ino)
+        and st.st_size > state.size
         and state.ends_clean
         and state.header.columns
-        and _platform.pread(fd, len(state.head), 0) == state.head
-        and _platform.pread(fd, len(state.tail), state.size - len(state.tail)) == state.tail
     ):
         return False
-    _read_appended(fd, state, st)
-    return True
-
-
-def _read_appended(fd: int, state: IndexState, st: os.stat_result) -> None:
-    """Take in the rows other writers appended since we last looked."""
-    data = _files.pread_all(fd, st.st_size - state.size, state.size)
+    known = len(state.tail)
+    data = _files.pread_all(fd, st.st_size - state.size + known, state.size - known)
+    if data[:known] != state.tail:
+        return False
+    if not _explained_by(record, st) and _platform.pread(fd, len(state.head), 0) != state.head:
+        return False
+    data = data[known:]
     scanner = Scanner(io.BytesIO(data), state.size, state.lines)
     column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
     _take_records(scanner.records(), len(state.header.columns), state.paths, column)
@@ -199,12 +242,22 @@ def _read_appended(fd: int, state: IndexState, st: os.stat_result) -> None:
     state.ends_clean = scanner.last_eol != ""
     state.mtime_ns = st.st_mtime_ns
     state._note_bytes(data)
+    return True
+
+
+def _explained_by(record: _journal.Record | None, st: os.stat_result) -> bool:
+    """Whether ``record`` is a finished append by our writers ending the file."""
+    if record is None or record.op != "append":
+        return False
+    info = record.info
+    return (info.get("dev"), info.get("ino")) == (st.st_dev, st.st_ino) and info.get(
+        "offset", -1
+    ) + info.get("length", 0) == st.st_size
 
 
 def _load(fd: int, st: os.stat_result, paths_column: str | None) -> IndexState:
     """Read and check the whole file."""
-    f = open(fd, "rb", buffering=1 << 16, closefd=False)  # noqa: SIM115
-    f.seek(0)
+    f = io.BufferedReader(_files.BoundedReader(fd, st.st_size), 1 << 16)
     header, scanner, records = read_header(f)
     columns = header.columns
     n = len(columns)
@@ -264,6 +317,53 @@ def head_and_tail(fd: int, size: int) -> tuple[bytes, bytes]:
     return head, tail
 
 
+def incomplete_tail(error: TableError, fd: int, size: int) -> int | None:
+    """Where a provably incomplete last record starts, if ``error`` is about one.
+
+    Provably incomplete: the file does not end with a line terminator, and
+    the last record cannot be a row -- its quote never closes, or its last
+    bytes are not whole UTF-8. Such bytes are what a write cut short leaves;
+    no program writes them on purpose. None for any other error.
+    """
+    if size == 0 or _platform.pread(fd, 1, size - 1) in (b"\n", b"\r"):
+        return None
+    if error.kind == "unclosed-quote" and error.start is not None:
+        return error.start
+    if error.kind == "not-utf8" and error.offset is not None:
+        lo = max(0, error.offset - (1 << 16))
+        data = _files.pread_all(fd, size - lo, lo)
+        bad = error.offset - lo
+        if b"\n" in data[bad:] or b"\r" in data[bad:]:
+            return None  # not in the last line
+        cut = max(data.rfind(b"\n", 0, bad), data.rfind(b"\r", 0, bad))
+        if cut >= 0 or lo == 0:
+            return lo + cut + 1
+    return None
+
+
+def _move_aside(fd: int, start: int, size: int, index: str) -> None:
+    """Keep the bytes from ``start`` to the end in a file next to the index, then cut them."""
+    directory, name = os.path.split(index)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    keep = os.path.join(directory, _files.sidecar_name(name, f"incomplete-{stamp}",
+                                                       hidden=False, directory=directory))
+    data = _files.pread_all(fd, size - start, start)
+    out = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _platform.O_BINARY, 0o666)
+    try:
+        _files.write_all(out, data)
+        os.fsync(out)
+    finally:
+        os.close(out)
+    os.ftruncate(fd, start)
+    logger.warning(
+        "%s ended with an incomplete row (%d bytes, no line end: a write cut short); "
+        "moved it to %s",
+        index,
+        size - start,
+        keep,
+    )
+
+
 def stored_equals(fd: int, state: IndexState, offset: int, row: Row) -> bool:
     """Whether the row stored at ``offset`` already holds exactly ``row``."""
     want = 4096
@@ -286,25 +386,37 @@ def stored_equals(fd: int, state: IndexState, offset: int, row: Row) -> bool:
     return fields == [row.get(c, "") for c in columns]
 
 
-def read_rows(stream: BinaryIO) -> list[dict[str, str]]:
-    """Every row of the index read from ``stream``, with every column.
+def iter_rows(fd: int, end: int) -> tuple[list[str], Iterator[dict[str, str]]]:
+    """The columns, and every row of the first ``end`` bytes of the index (readers).
+
+    Rows have every column (missing values are ""). A provably incomplete
+    last record (see :func:`incomplete_tail`) is left out.
 
     Raises
     ------
     TableError
         The file is not a well-formed index.
     """
+    stream: BinaryIO = io.BufferedReader(_files.BoundedReader(fd, end), 1 << 16)
     header, _, records = read_header(stream)
     columns = header.columns
+    return columns, _rows(columns, records, fd, end)
+
+
+def _rows(
+    columns: list[str], records: Iterator[tuple[int, int, list[str]]], fd: int, end: int
+) -> Iterator[dict[str, str]]:
     n = len(columns)
-    out: list[dict[str, str]] = []
-    for line, _, fields in records:
-        if len(fields) > n:
-            raise too_wide(line, len(fields), n)
-        if len(fields) < n:
-            fields += [""] * (n - len(fields))
-        out.append(dict(zip(columns, fields, strict=True)))
-    return out
+    try:
+        for line, _, fields in records:
+            if len(fields) > n:
+                raise too_wide(line, len(fields), n)
+            if len(fields) < n:
+                fields += [""] * (n - len(fields))
+            yield dict(zip(columns, fields, strict=True))
+    except TableError as e:
+        if incomplete_tail(e, fd, end) is None:
+            raise
 
 
 def count_lines(text: str) -> int:

@@ -1,15 +1,14 @@
 """The public :class:`IndexWriter`: the lock, the plan and the commit, combined.
 
-Every call holds the index lock (:mod:`._lock`) from start to end, through
-:meth:`IndexWriter._session`, the one place where the lock is taken and
-released, a crashed writer's leftovers are undone (:mod:`._journal`), the
-index file is opened, and ``OSError``/``csv.Error`` become this package's
-exceptions. A write then:
+Every call runs one step under the index lock (:func:`._lock.run_locked`,
+which also opens the index and releases everything, even when interrupted)
+and :meth:`IndexWriter._run` is the one place where ``OSError``,
+``csv.Error`` and lock timeouts become this package's exceptions. A write:
 
-1. brings what this process knows about the file up to date (:mod:`._state`:
-   nothing to read when the file is unchanged, only the appended bytes when
-   another writer appended);
-2. decides what to do (:mod:`._plan`: append, rewrite, or nothing);
+1. brings what this process knows about the file up to date
+   (:func:`._state.refresh`: nothing to read when the file is unchanged, the
+   crash journal and the appended bytes when another writer appended);
+2. decides what to do (:func:`._plan.plan`: append, rewrite, or nothing);
 3. does it, crash-safe (:mod:`._commit`).
 
 So an append costs the same at a million rows as at a thousand, and the only
@@ -18,23 +17,21 @@ whole-file rewrites are schema changes and real replacements.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import logging
 import math
+import numbers
 import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _commit, _state
+from . import _commit, _handles, _state
 from ._errors import IndexLockTimeoutError, IndexReadError, IndexWriteError
-from ._journal import Journal, recover
-from ._lock import IndexLock, open_index
+from ._lock import LockTimeout, Session, run_locked
 from ._plan import Append, plan
-from ._rows import as_path_str, prepare
+from ._rows import Row, as_path_str, prepare
 
 __all__ = ["IndexWriter", "replace_contents"]
 
@@ -70,7 +67,8 @@ class IndexWriter:
         Deleting it while writers run is safe (see the concurrency guide).
     timeout : float | None, optional
         Seconds to wait for the lock before raising
-        :class:`IndexLockTimeoutError`; ``None`` (default) waits forever.
+        :class:`IndexLockTimeoutError`: any finite real number >= 0 (numpy
+        numbers too); ``None`` (default) or ``inf`` waits forever.
     durable : bool, optional
         If True, fsync every change (and the directory after a rewrite)
         before returning, so it survives a power cut. The default, False,
@@ -95,6 +93,14 @@ class IndexWriter:
     TypeError
         A path is not a str or os.PathLike, or ``timeout`` is not a number.
 
+    Notes
+    -----
+    A writer keeps the index, its lock file and its crash journal open
+    between calls (a process keeps at most a few dozen indexes open, closing
+    the least recently used). :meth:`close`, or leaving a ``with`` block,
+    closes them at once; the writer stays usable and reopens them when
+    needed. Writing through a symbolic link writes the file it points to.
+
     Examples
     --------
     >>> import tempfile
@@ -110,6 +116,8 @@ class IndexWriter:
     out/sub-01_MR.nii.gz,sub-01,MR
     >>> writer.lock_path.name
     'index.csv.lock'
+    >>> with IndexWriter(index) as w:
+    ...     w.write_entry("out/sub-02_CT.nii.gz", {"subject": "sub-02", "modality": "CT"})
     """
 
     def __init__(
@@ -126,26 +134,17 @@ class IndexWriter:
             if lock_path is not None
             else self.index_path.with_suffix(self.index_path.suffix + ".lock")
         )
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(
-                    f"timeout must be a number of seconds or None, not {timeout!r}"
-                )
-            if math.isnan(timeout) or timeout < 0:
-                raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
-        self.timeout: float | None = timeout
+        self.timeout: float | None = _check_timeout(timeout)
         self.durable: bool = bool(durable)
         self._index = os.path.abspath(self.index_path)
-        lock = os.path.abspath(self.lock_path)
-        if os.path.normcase(lock) == os.path.normcase(self._index) or _same_existing(
-            lock, self._index
+        self._lock_abs = os.path.abspath(self.lock_path)
+        if os.path.normcase(self._lock_abs) == os.path.normcase(self._index) or _same_existing(
+            self._lock_abs, self._index
         ):
             raise ValueError(
                 f"lock_path must not be the index itself ({self.index_path}): "
                 "closing the index would release the lock"
             )
-        self._lock = IndexLock(lock, self.lock_path, timeout)
-        self._key = (self._index, lock)
 
     def __repr__(self) -> str:
         return (
@@ -153,6 +152,39 @@ class IndexWriter:
             f"lock_path={str(self.lock_path)!r}, timeout={self.timeout!r}, "
             f"durable={self.durable!r})"
         )
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the files this process keeps open for this index.
+
+        The index, its lock file and its crash journal stay open between
+        calls, so that a write costs a few system calls; this closes them
+        (waiting for a call in progress in another thread), so that, for
+        instance, the filesystem can be unmounted. The writer stays usable:
+        its next call opens them again.
+
+        Examples
+        --------
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> writer = IndexWriter(Path(tempfile.mkdtemp()) / "index.csv")
+        >>> writer.write_entry("a.nii", {"subject": "s1"})
+        >>> writer.close()
+        >>> len(writer.read_rows())
+        1
+        """
+        _handles.close_slot(self._index, self._lock_abs)
 
     def write_entry(
         self,
@@ -269,32 +301,13 @@ class IndexWriter:
         ['0', '1', '0']
         """
         rows = prepare(entries, filepath_column)
-        if not rows:
-            return
-        paths_column = filepath_column if replace_existing else None
-        with self._session(write=True) as s:
-            assert s is not None
-            state = s.read(lambda: _state.refresh(self._key, s.fd, s.st, paths_column))
-            todo = plan(
-                state,
-                rows,
-                filepath_column,
-                replace_existing=replace_existing,
-                merge_columns=merge_columns,
-                is_stored=lambda offset, row: _state.stored_equals(s.fd, state, offset, row),
-                index_path=self.index_path,
+        if rows:
+            self._run(
+                True,
+                lambda s, phase: self._write(
+                    s, phase, rows, filepath_column, replace_existing, merge_columns
+                ),
             )
-            if todo is None:
-                s.committed = True  # every entry is already stored exactly so
-            elif isinstance(todo, Append):
-                _commit.append(s.fd, state, s.journal, todo, self._index, self.durable)
-                s.committed = True
-            else:
-                new = _commit.rewrite(
-                    s.fd, state, s.journal, todo, self._index, filepath_column, self.durable
-                )
-                _state.remember(self._key, new)
-                s.committed = True
 
     def read_rows(self) -> list[dict[str, str]]:
         """Return every row of the index, as a consistent snapshot.
@@ -330,76 +343,87 @@ class IndexWriter:
         {'path': 'a.nii', 'subject': 's1', 'site': ''}
         {'path': 'b.nii', 'subject': '', 'site': 'x'}
         """
-        with self._session(write=False) as s:
-            if s is None:
-                return []
-            f = open(s.fd, "rb", closefd=False)  # noqa: SIM115 - closed by the session
-            return s.read(lambda: _state.read_rows(f))
+        return self._run(False, _read_all)
 
-    @contextlib.contextmanager
-    def _session(self, *, write: bool, create: bool = True) -> Iterator[_Session | None]:
-        """Lock, recover, open the index; translate errors; close and release.
-
-        Yields None when the index does not exist (and is not to be
-        created). A write session creates the index (and its directory)
-        unless ``create`` is False, and removes
-        it again if it is still empty and the body did not set
-        ``committed``. ``OSError`` raised inside becomes
-        :class:`IndexWriteError` (writes) or :class:`IndexReadError` (reads,
-        and any failure inside :meth:`_Session.read`), ``csv.Error``
-        becomes :class:`IndexReadError`.
-        """
-        session: _Session | None = None
+    def _write(
+        self,
+        s: Session | None,
+        phase: _Phase,
+        rows: list[Row],
+        filepath_column: str,
+        replace_existing: bool,
+        merge_columns: bool,
+    ) -> None:
+        assert s is not None and s.journal is not None
+        committed = False
         try:
-            journal = self._lock.acquire()
-            try:
-                recover(journal, self.lock_path)
-                opened = open_index(
-                    self._index, write=write, create=write and create, deadline=journal.deadline
+            phase.reading = True
+            state = _state.refresh(s, filepath_column if replace_existing else None)
+            todo = plan(
+                state,
+                rows,
+                filepath_column,
+                replace_existing=replace_existing,
+                merge_columns=merge_columns,
+                is_stored=lambda offset, row: _state.stored_equals(s.fd, state, offset, row),
+                index_path=self.index_path,
+            )
+            phase.reading = False
+            if isinstance(todo, Append):
+                _commit.append(s.fd, state, s.journal, todo, self.durable)
+            elif todo is not None:
+                _refuse_hard_links(s)
+                s.slot.state = _commit.rewrite(
+                    s.fd, state, s.journal, todo, s.path, filepath_column, self.durable
                 )
-                if opened is None:
-                    yield None
-                    return
-                session = _Session(*opened, journal)
-                try:
-                    yield session
-                finally:
-                    os.close(session.fd)
-                    if session.created and not session.committed:
-                        _remove_if_empty(self._index)
-            finally:
-                self._lock.release()
-        except TimeoutError as e:  # the index file stayed locked (see open_index)
+            committed = True
+        finally:
+            if s.created and not committed:
+                _remove_if_empty(s)
+
+    def _run(self, write: bool, step: Callable[[Session | None, _Phase], _T]) -> _T:
+        """Run ``step`` under the lock; the one place errors become ours.
+
+        ``OSError`` becomes :class:`IndexWriteError` for writes, or
+        :class:`IndexReadError` for reads and while ``step`` says it is
+        reading (``phase.reading``); ``csv.Error`` becomes
+        :class:`IndexReadError`; a lock not taken in time,
+        :class:`IndexLockTimeoutError`.
+        """
+        phase = _Phase(reading=not write)
+        try:
+            return run_locked(
+                self._index,
+                self._lock_abs,
+                write=write,
+                create=write,
+                timeout=self.timeout,
+                step=lambda s: step(s, phase),
+            )
+        except LockTimeout as e:
             assert self.timeout is not None
-            raise IndexLockTimeoutError(self.lock_path, self.timeout) from e
+            raise IndexLockTimeoutError(self.lock_path, self.timeout, e.holder) from None
         except csv.Error as e:
             raise IndexReadError(self.index_path, e) from e
-        except (OSError, threading.ThreadError) as e:
-            reading = not write or (session is not None and session.reading)
-            error = IndexReadError if reading else IndexWriteError
+        except OSError as e:
+            error = IndexReadError if phase.reading else IndexWriteError
             raise error(self.index_path, e) from e
 
 
-class _Session:
-    """An open, locked index during one call (see :meth:`IndexWriter._session`)."""
+class _Phase:
+    """Whether a step is reading (its OSErrors are read errors) or writing."""
 
-    __slots__ = ("committed", "created", "fd", "journal", "reading", "st")
+    __slots__ = ("reading",)
 
-    def __init__(self, fd: int, st: os.stat_result, created: bool, journal: Journal) -> None:
-        self.fd = fd
-        self.st = st
-        self.created = created
-        self.journal = journal
-        self.committed = False
-        self.reading = False
+    def __init__(self, reading: bool) -> None:
+        self.reading = reading
 
-    def read(self, step: Callable[[], _T]) -> _T:
-        """Run ``step``; an ``OSError`` it raises is a read error."""
-        self.reading = True
-        try:
-            return step()
-        finally:
-            self.reading = False
+
+def _read_all(s: Session | None, phase: _Phase) -> list[dict[str, str]]:
+    if s is None:
+        return []
+    _, rows = _state.iter_rows(s.fd, s.end)
+    return list(rows)
 
 
 def replace_contents(writer: IndexWriter, transform: Callable[[bytes], bytes | None]) -> bool:
@@ -408,7 +432,7 @@ def replace_contents(writer: IndexWriter, transform: Callable[[bytes], bytes | N
     ``transform`` gets the file's bytes and returns the new bytes, or None to
     leave the file alone; it runs under the lock after crash recovery, so no
     writer changes the file in between. The new file replaces the old one
-    as every rewrite does (temporary file, same permission bits,
+    as every rewrite does (temporary file, same permission bits and owner,
     ``os.replace``, journaled, fsynced if the writer is ``durable``).
 
     Returns
@@ -426,18 +450,47 @@ def replace_contents(writer: IndexWriter, transform: Callable[[bytes], bytes | N
     IndexLockTimeoutError
         The lock was not acquired within the writer's ``timeout``.
     """
-    with writer._session(write=True, create=False) as s:
+
+    def step(s: Session | None, phase: _Phase) -> bool:
         if s is None:
-            raise IndexReadError(
-                writer.index_path,
-                FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), writer._index),
-            )
+            phase.reading = True
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), writer._index)
+        assert s.journal is not None and s.st is not None
+        phase.reading = True
+        _state.recover(s)
+        phase.reading = False
+        _refuse_hard_links(s)
         replaced = _commit.replace_contents(
-            s.fd, s.st, s.journal, writer._index, transform, writer.durable
+            s.fd, s.st.st_size, s.journal, s.path, transform, writer.durable
         )
-        _state.forget(writer._key)
-        s.committed = True
+        s.slot.state = None
         return replaced
+
+    return writer._run(True, step) if os.path.lexists(writer._index) else step(None, _Phase(True))
+
+
+def _check_timeout(timeout: object) -> float | None:
+    """``timeout`` as seconds (None: forever); TypeError/ValueError if it is not one."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    seconds = float(timeout)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
+    return None if math.isinf(seconds) else seconds
+
+
+def _refuse_hard_links(s: Session) -> None:
+    """A rewrite replaces one name: refuse it when the index has several."""
+    assert s.st is not None
+    if s.st.st_nlink > 1:
+        raise OSError(
+            errno.EMLINK,
+            f"the index has {s.st.st_nlink} hard links; rewriting it would leave "
+            "the other names holding the old rows (keep one name, or copy the file)",
+            s.path,
+        )
 
 
 def _same_existing(a: str, b: str) -> bool:
@@ -447,11 +500,11 @@ def _same_existing(a: str, b: str) -> bool:
         return False
 
 
-def _remove_if_empty(path: str) -> None:
+def _remove_if_empty(s: Session) -> None:
     """Remove an index this call created but did not write to."""
     try:
-        if os.stat(path).st_size == 0:
-            os.unlink(path)
+        if os.fstat(s.fd).st_size == 0:
+            os.unlink(s.path)
     except OSError as e:
         if e.errno != errno.ENOENT:  # pragma: no cover
-            logger.warning("could not remove empty index %s: %s", path, e)
+            logger.warning("could not remove empty index %s: %s", s.path, e)
