@@ -191,6 +191,7 @@ class LockFile:
 
 _guard = threading.Lock()
 _slots: dict[tuple[int, int, str], IndexSlot] = {}
+_resolved: dict[str, tuple[IndexSlot, str]] = {}  # path as given -> (slot, real path)
 _lock_files: dict[tuple[int, int], LockFile] = {}
 _lock_paths: dict[str, LockFile] = {}
 _generation = 0
@@ -207,7 +208,7 @@ def _reset_after_fork() -> None:
     # inherited descriptors are closed now, while the child holds no lock:
     # closing them later would release a lock the child had taken meanwhile
     # through a new descriptor.
-    global _guard, _slots, _lock_files, _lock_paths, _generation
+    global _guard, _slots, _resolved, _lock_files, _lock_paths, _generation
     for slot in _slots.values():
         slot.close_files()
     for lock in {*_lock_files.values(), *_lock_paths.values()}:
@@ -215,7 +216,7 @@ def _reset_after_fork() -> None:
             with contextlib.suppress(OSError):
                 lock._ipl.lockfile.close()
     _guard = threading.Lock()
-    _slots, _lock_files, _lock_paths = {}, {}, {}
+    _slots, _resolved, _lock_files, _lock_paths = {}, {}, {}, {}
     _generation += 1
 
 
@@ -249,8 +250,13 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
     Symbolic links are resolved, so a link to an index writes the file it
     points to and stays a link. The index's directory is created if missing
     and ``create_directory`` is set; otherwise a missing directory returns
-    None (the index cannot exist).
+    None (the index cannot exist). The answer is remembered for ``index``
+    (resolving costs a system call per path component): a link changed
+    afterwards is not followed by this process.
     """
+    hit = _resolved.get(index)
+    if hit is not None and not hit[0].evicted:
+        return hit
     real = os.path.realpath(index)
     directory = os.path.dirname(real)
     try:
@@ -266,6 +272,7 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
         with _guard:
             slot = _slots.setdefault(key, IndexSlot(key, real))
         _evict(_slots)
+    _resolved[index] = (slot, real)
     return slot, real
 
 
@@ -333,6 +340,9 @@ def _evict(registry: dict[Any, Any]) -> None:
             with _guard:
                 if registry.get(key) is item:
                     del registry[key]
+                if isinstance(item, IndexSlot):
+                    for path in [p for p, (slot, _) in _resolved.items() if slot is item]:
+                        del _resolved[path]
         finally:
             item.mutex.release()
 

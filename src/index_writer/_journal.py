@@ -67,6 +67,8 @@ HEAD = 4096
 _READ = 1 << 13
 
 _HOST = socket.gethostname()
+_PID = [os.getpid()]  # getpid() is a system call; kept, and renewed in a forked child
+_platform.register_after_fork(lambda: _PID.__setitem__(0, os.getpid()))
 
 
 class Record:
@@ -198,7 +200,7 @@ def rewrite_record(temp: str) -> bytes:
 
 
 def _who() -> str:
-    return f'"host":{json.dumps(_HOST)},"pid":{os.getpid()},"time":{time.time():.3f}'
+    return f'"host":{json.dumps(_HOST)},"pid":{_PID[0]},"time":{time.time():.3f}'
 
 
 def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int | None:
@@ -265,7 +267,7 @@ def recover(
         os.ftruncate(index_fd, start)
         changed = True
         logger.warning(
-            "undid a write to %s cut short by a crash (%d of %d bytes had been written)",
+            "rolled back a write to %s cut short by a crash (%d of %d bytes had been written)",
             where,
             st.st_size - start,
             record.info["length"],

@@ -40,9 +40,9 @@ from ._table import Header, Scanner, TableError, read_header, skim, too_wide
 __all__ = [
     "IndexState",
     "count_lines",
-    "recover",
     "incomplete_tail",
     "iter_rows",
+    "recover",
     "refresh",
     "stored_equals",
 ]
@@ -202,7 +202,7 @@ def recover(s: Session) -> _journal.Record | None:
     Returns the journal's record (for :func:`refresh`); updates ``s.st`` if
     the file changed.
     """
-    assert s.journal is not None
+    assert s.journal is not None and s.st is not None
     record = s.journal.read()
     if _journal.recover(s.journal, record, s.fd, s.st, s.path):
         s.st = os.fstat(s.fd)

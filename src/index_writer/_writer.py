@@ -369,13 +369,17 @@ class IndexWriter:
                 index_path=self.index_path,
             )
             phase.reading = False
-            if isinstance(todo, Append):
-                _commit.append(s.fd, state, s.journal, todo, self.durable)
-            elif todo is not None:
-                _refuse_hard_links(s)
-                s.slot.state = _commit.rewrite(
-                    s.fd, state, s.journal, todo, s.path, filepath_column, self.durable
-                )
+            try:
+                if isinstance(todo, Append):
+                    _commit.append(s.fd, state, s.journal, todo, self.durable)
+                elif todo is not None:
+                    _refuse_hard_links(s)
+                    s.slot.state = _commit.rewrite(
+                        s.fd, state, s.journal, todo, s.path, filepath_column, self.durable
+                    )
+            except BaseException:
+                s.slot.state = None  # whatever happened, read the file afresh next time
+                raise
             committed = True
         finally:
             if s.created and not committed:

@@ -1,0 +1,127 @@
+"""One index, however it is spelled: in-process exclusion by file identity, links.
+
+Every spelling of one index file -- through a symlinked directory, with
+``..``, relative or absolute, through a bind mount, with another lock file --
+shares one in-process lock and one cached state, so threads of one process
+lose nothing whichever spelling each uses. A symbolic link to an index is
+written through and stays a link; a hard-linked index is never split in two.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from _workers import check_index, context_for, entry_path, run_in_threads
+from index_writer import IndexWriteError, IndexWriter
+
+
+def _write_through(spellings: list[tuple[str, str | None]], n: int) -> None:
+    """Thread ``t`` writes ``n`` entries through ``spellings[t]`` (index, lock path)."""
+
+    def run(t: int) -> None:
+        index, lock = spellings[t]
+        w = IndexWriter(index, lock)
+        for i in range(n):
+            p = entry_path(f"t{t}", i)
+            # Self-checking rows; some bring new columns (rewrites while others append).
+            w.write_entry(p, context_for(p))
+
+    run_in_threads(run, len(spellings))
+
+
+def _all(spellings: int, n: int) -> set[str]:
+    return {entry_path(f"t{t}", i) for t in range(spellings) for i in range(n)}
+
+
+def test_symlinked_directory_and_dotdot_spellings_share_one_lock(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    spellings: list[tuple[str, str | None]] = [
+        (str(real / "index.csv"), None),
+        (str(tmp_path / "link" / "index.csv"), None),
+        (str(real / ".." / "real" / "index.csv"), None),
+        (os.path.relpath(real / "index.csv"), None),
+    ]
+    _write_through(spellings, 150)
+    check_index(real / "index.csv", exact=_all(4, 150))
+    assert not [p for p in real.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_two_lock_paths_for_one_index_in_one_process(tmp_path: Path) -> None:
+    index = str(tmp_path / "index.csv")
+    spellings: list[tuple[str, str | None]] = [
+        (index, None),
+        (index, str(tmp_path / "other.lock")),
+        (index, str(tmp_path / "locks" / "third.lock")),
+    ]
+    _write_through(spellings, 200)
+    check_index(index, exact=_all(3, 200))
+
+
+@pytest.fixture
+def bind_mount(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    src, other = tmp_path / "src", tmp_path / "other"
+    src.mkdir()
+    other.mkdir()
+    try:
+        r = subprocess.run(["mount", "--bind", str(src), str(other)], capture_output=True,
+                           text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"cannot run mount: {e}")
+    if r.returncode != 0:
+        pytest.skip(f"cannot bind-mount here (needs root): {r.stderr.strip()}")
+    try:
+        yield src, other
+    finally:
+        subprocess.run(["umount", "-l", str(other)], check=False, timeout=30)
+
+
+def test_bind_mount_spellings_share_one_lock(bind_mount: tuple[Path, Path]) -> None:
+    src, other = bind_mount
+    st_a, st_b = os.stat(src), os.stat(other)
+    assert (st_a.st_dev, st_a.st_ino) == (st_b.st_dev, st_b.st_ino)  # one directory
+    spellings: list[tuple[str, str | None]] = [
+        (str(src / "index.csv"), None),
+        (str(other / "index.csv"), None),
+    ] * 2
+    _write_through(spellings, 300)
+    check_index(src / "index.csv", exact=_all(4, 300))
+
+
+def test_symlinked_index_file_is_written_through_and_stays_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "run3_index.csv"
+    link = tmp_path / "index.csv"
+    IndexWriter(target).write_entries([("a", {"v": 1}), ("b", {"v": 2})])
+    link.symlink_to(target.name)
+    w = IndexWriter(link)
+    w.write_entry("c", {"v": 3})  # append
+    w.write_entry("d", {"v": 4, "new": "x"})  # new column: a rewrite
+    w.write_entry("a", {"v": 9}, replace_existing=True)  # replacement: a rewrite
+    assert link.is_symlink() and os.readlink(link) == target.name
+    assert [r["path"] for r in IndexWriter(target).read_rows()] == ["a", "b", "c", "d"]
+    assert link.read_bytes() == target.read_bytes() == b"path,v,new\na,9,\nb,2,\nc,3,\nd,4,x\n"
+
+
+def test_hard_linked_index_appends_and_refuses_rewrites(tmp_path: Path) -> None:
+    index = tmp_path / "index.csv"
+    other = tmp_path / "same.csv"
+    IndexWriter(index).write_entry("a", {"v": 1})
+    os.link(index, other)
+    w = IndexWriter(other)
+    w.write_entry("b", {"v": 2})  # an append reaches both names
+    assert index.read_bytes() == other.read_bytes() == b"path,v\na,1\nb,2\n"
+    for rewrite in (
+        lambda: w.write_entry("c", {"v": 3, "new": "x"}),
+        lambda: w.write_entry("a", {"v": 5}, replace_existing=True),
+    ):
+        with pytest.raises(IndexWriteError, match="2 hard links") as info:
+            rewrite()
+        assert str(other) in str(info.value)
+    assert index.read_bytes() == other.read_bytes() == b"path,v\na,1\nb,2\n"
+    assert os.stat(index).st_ino == os.stat(other).st_ino
