@@ -17,13 +17,8 @@ import pytest
 
 from _cli_run import console_script, run
 from index_writer import IndexWriter
-from index_writer._cli import (
-    build_context,
-    build_parser,
-    main,
-    parse_json_object,
-    parse_key_value,
-)
+from index_writer._cli import build_parser, main
+from index_writer._cli.arguments import build_context, parse_json_object, parse_key_value
 
 
 def csv_rows(path: Path) -> list[list[str]]:

@@ -12,7 +12,7 @@ import index_writer
 
 MODULES = sorted(
     name
-    for _, name, _ in pkgutil.iter_modules(index_writer.__path__, "index_writer.")
+    for _, name, _ in pkgutil.walk_packages(index_writer.__path__, "index_writer.")
     if name != "index_writer.__main__"
 )
 

@@ -1,0 +1,187 @@
+"""``index-writer demo``: the many-workers example, verified and timed."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .._check import check_index, readable_rows
+from .._demo import DEMO_COLUMNS, Progress, RunResult, demo_path, run_workload, verify_index
+from .arguments import positive_int
+from .common import PROG, CliError, UsageError, plural, require_file, say, shorten, stderr
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` subcommand to ``subparsers``."""
+    demo = subparsers.add_parser(
+        "demo",
+        help="run the many-workers example, verify it and time it",
+        description=(
+            "N workers record M fake output files (output/fake_file_{i}.nii.gz, "
+            "with subject_id, modality, timestamp and quality_score) in one "
+            "index, one write_entry per task; then the index is verified and "
+            "the time, entries/s and index path are printed. Exit status 0 "
+            "only if the verification passed."
+        ),
+    )
+    demo.add_argument(
+        "--workers", type=positive_int, default=12, metavar="N", help="pool size (12)"
+    )
+    demo.add_argument(
+        "--entries",
+        type=positive_int,
+        default=1000,
+        metavar="M",
+        help="entries to write (1000)",
+    )
+    demo.add_argument(
+        "--index",
+        metavar="PATH",
+        help="index to create (must not exist; default: index.csv in a new "
+        "temporary directory, kept and printed)",
+    )
+    demo.add_argument(
+        "--engine",
+        choices=("processes", "threads"),
+        default="processes",
+        help="run the tasks in a process pool (default) or a thread pool",
+    )
+    demo.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run the workload with the read-all/rewrite-all strategy and print the ratio",
+    )
+    demo.add_argument(
+        "--verify-only",
+        action="store_true",
+        help="write nothing: verify the existing demo index at --index, "
+        "which should hold --entries entries",
+    )
+    demo.set_defaults(run=run, parser=demo)
+
+
+def _rewrite_all_kept(index: Path, entries: int) -> str:
+    """How many demo entries a rewrite-all index kept, without trusting it."""
+    try:
+        data = index.read_bytes()
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    report = check_index(index)
+    columns, rows = readable_rows(data)
+    col = columns.index("path") if "path" in columns else 0
+    expected = {demo_path(i) for i in range(entries)}
+    kept = {r[col] for r in rows if len(r) > col} & expected
+    text = f"kept {len(kept)} of {entries} entries"
+    if report.problems:
+        text += f"; its index has problems: {report.problems[0]}"
+    return text
+
+
+def _print_run(label: str, result: RunResult) -> None:
+    entries = "1 entry" if result.entries == 1 else f"{result.entries} entries"
+    say(f"{label}: {entries} in {result.elapsed:.2f} s ({result.rate:,.0f} entries/s)")
+
+
+def _report_task_errors(result: RunResult) -> None:
+    err = stderr()
+    if not result.errors or err is None:
+        return
+    say(f"{PROG} demo: {len(result.errors)} of {result.entries} tasks failed:", err)
+    for text in result.errors[:5]:
+        say(f"  {shorten(text)}", err)
+
+
+def _verification(index: Path, entries: int) -> bool:
+    problems = verify_index(index, entries)
+    if not problems:
+        say(
+            f"verified: {entries} rows, {entries} unique paths, "
+            f"columns {', '.join(DEMO_COLUMNS)} all present"
+        )
+        return True
+    err = stderr()
+    if err is not None:
+        say(f"{PROG} demo: VERIFICATION FAILED for {index}:", err)
+        for problem in problems:
+            say(f"  - {problem}", err)
+    return False
+
+
+def _new_index(args: argparse.Namespace) -> Path:
+    if not args.index:
+        return Path(tempfile.mkdtemp(prefix="index-writer-demo-")) / "index.csv"
+    index = Path(args.index)
+    if index.exists() or index.is_symlink():
+        raise CliError(
+            f"{index}: already exists; the demo writes a fresh index (choose a "
+            "new --index path, or use --verify-only to check this one)"
+        )
+    index.parent.mkdir(parents=True, exist_ok=True)
+    return index
+
+
+def _compare(args: argparse.Namespace, baseline: Path, result: RunResult) -> None:
+    sys.stdout.flush()
+    with Progress(args.entries, "read-all/rewrite-all", stderr()) as progress:
+        naive = run_workload(
+            baseline,
+            workers=args.workers,
+            entries=args.entries,
+            engine=args.engine,
+            strategy="rewrite-all",
+            progress=progress,
+        )
+    _print_run("read-all/rewrite-all", naive)
+    say(f"  {_rewrite_all_kept(baseline, args.entries)}")
+    if naive.errors:
+        first = shorten(naive.errors[0])
+        say(f"  {plural(len(naive.errors), 'write')} raised, e.g. {first}")
+    ratio = naive.elapsed / result.elapsed if result.elapsed > 0 else math.inf
+    say(
+        f"index-writer was {ratio:.1f}x as fast as read-all/rewrite-all "
+        f"({result.elapsed:.2f} s vs {naive.elapsed:.2f} s)"
+    )
+    say(f"read-all/rewrite-all index: {baseline}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or only verify) the demo; exit status 0 if the verification passed."""
+    if args.verify_only:
+        if not args.index:
+            raise UsageError("--verify-only needs --index PATH")
+        index = Path(args.index)
+        require_file(index)
+        ok = _verification(index, args.entries)
+        say(f"index: {index}")
+        return 0 if ok else 1
+
+    index = _new_index(args)
+    baseline = index.with_name(f"{index.stem}-rewrite-all{index.suffix}")
+    if args.compare and (baseline.exists() or baseline.is_symlink()):
+        raise CliError(f"{baseline}: already exists (the --compare run writes it)")
+
+    engine = "worker processes" if args.engine == "processes" else "worker threads"
+    say(
+        f"{PROG} demo: {args.workers} {engine} record {args.entries} files in "
+        f"{index}, one write_entry per task"
+    )
+    sys.stdout.flush()
+    with Progress(args.entries, "index-writer", stderr()) as progress:
+        result = run_workload(
+            index,
+            workers=args.workers,
+            entries=args.entries,
+            engine=args.engine,
+            progress=progress,
+        )
+    _print_run("index-writer", result)
+    _report_task_errors(result)
+    ok = _verification(index, args.entries)
+    if args.compare:
+        _compare(args, baseline, result)
+    say(f"index: {index}")
+    return 0 if ok else 1
