@@ -106,13 +106,7 @@ def test_context_order_and_conflicts() -> None:
 def test_parser_defaults() -> None:
     parser = build_parser()
     demo = parser.parse_args(["demo"])
-    assert (demo.workers, demo.entries, demo.index, demo.engine, demo.compare) == (
-        12,
-        1000,
-        None,
-        "processes",
-        False,
-    )
+    assert (demo.workers, demo.entries, demo.index, demo.engine) == (12, 1000, None, "processes")
     add = parser.parse_args(
         ["add", "i.csv", "p", "a=1", "--replace", "--strict", "--timeout", "2.5"]
     )

@@ -7,8 +7,8 @@ processes (or threads) runs one task per entry; each task makes a fresh
 Afterwards :func:`verify_index` reads the index back and checks that every
 entry is there exactly once, with every column and plausible values.
 
-The same workload can run with the read-all/rewrite-all strategy
-(:class:`~index_writer._naive.RewriteAllIndexWriter`) for comparison.
+:func:`run_workload` takes another ``task`` too: ``benchmarks/rewrite_all.py``
+runs the same workload with the read-all/rewrite-all strategy for comparison.
 
 Examples
 --------
@@ -54,7 +54,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Engine = Literal["processes", "threads"]
-Strategy = Literal["index-writer", "rewrite-all"]
+#: One pool task: ``(index_path, i)`` -> an error text, or None on success.
+Task = Callable[[tuple[str, int]], str | None]
 
 MODALITIES = ("CT", "MR", "SEG")
 DEMO_COLUMNS = ("path", "subject_id", "modality", "timestamp", "quality_score")
@@ -100,27 +101,9 @@ def _task_index_writer(task: tuple[str, int]) -> str | None:
     return None
 
 
-def _task_rewrite_all(task: tuple[str, int]) -> str | None:
-    """The same task with the read-all/rewrite-all writer."""
-    from ._naive import RewriteAllIndexWriter
-
-    index_path, i = task
-    try:
-        RewriteAllIndexWriter(index_path).write_entry(demo_path(i), generate_context(i))
-    except Exception as exc:  # the baseline may fail in any way; count it
-        return f"{demo_path(i)}: {type(exc).__name__}: {exc}"
-    return None
-
-
 def _ignore_sigint() -> None:
     """Pool workers leave Ctrl-C to the parent, which stops the pool quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-_TASKS: dict[Strategy, Callable[[tuple[str, int]], str | None]] = {
-    "index-writer": _task_index_writer,
-    "rewrite-all": _task_rewrite_all,
-}
 
 
 class Progress:
@@ -249,8 +232,6 @@ class RunResult:
 
     Attributes
     ----------
-    strategy : str
-        ``"index-writer"`` or ``"rewrite-all"``.
     engine : str
         ``"processes"`` or ``"threads"``.
     workers, entries : int
@@ -262,7 +243,6 @@ class RunResult:
         One text per task that raised.
     """
 
-    strategy: str
     engine: str
     workers: int
     entries: int
@@ -281,8 +261,8 @@ def run_workload(
     workers: int = 12,
     entries: int = 1000,
     engine: Engine = "processes",
-    strategy: Strategy = "index-writer",
     progress: Progress | None = None,
+    task: Task | None = None,
 ) -> RunResult:
     """Run the demo workload: ``entries`` tasks on a pool of ``workers``.
 
@@ -297,10 +277,13 @@ def run_workload(
     engine : {"processes", "threads"}, optional
         A :class:`multiprocessing.pool.Pool` of processes (default start
         method) or a :class:`multiprocessing.pool.ThreadPool`.
-    strategy : {"index-writer", "rewrite-all"}, optional
-        This library, or the read-all/rewrite-all baseline.
     progress : Progress, optional
         Updated once per finished task.
+    task : Callable[[tuple[str, int]], str | None], optional
+        What task ``i`` runs, given ``(index_path, i)``; returns an error
+        text or None. The default (None) records :func:`demo_path` ``(i)`` with a new
+        :class:`~index_writer.IndexWriter`. With processes it must be a
+        module-level function (it is pickled by name).
 
     Returns
     -------
@@ -310,7 +293,6 @@ def run_workload(
     """
     if workers < 1 or entries < 0:
         raise ValueError("workers must be >= 1 and entries >= 0")
-    task = _TASKS[strategy]
     tasks = ((os.fspath(index_path), i) for i in range(entries))
     errors: list[str] = []
     start = time.perf_counter()
@@ -322,7 +304,9 @@ def run_workload(
     else:
         raise ValueError(f"unknown engine {engine!r}")
     with pool:
-        results: Iterator[str | None] = pool.imap_unordered(task, tasks, chunksize=1)
+        results: Iterator[str | None] = pool.imap_unordered(
+            task or _task_index_writer, tasks, chunksize=1
+        )
         for error in results:
             if error is not None:
                 errors.append(error)
@@ -333,7 +317,7 @@ def run_workload(
     elapsed = time.perf_counter() - start
     if errors:
         logger.info("%d of %d tasks failed; first: %s", len(errors), entries, errors[0])
-    return RunResult(strategy, engine, workers, entries, elapsed, errors)
+    return RunResult(engine, workers, entries, elapsed, errors)
 
 
 def _value_problem(row: dict[str, str], i: int | None) -> str | None:

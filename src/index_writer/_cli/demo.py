@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .._check import check_index, readable_rows
-from .._demo import DEMO_COLUMNS, Progress, RunResult, demo_path, run_workload, verify_index
+from .._demo import DEMO_COLUMNS, Progress, RunResult, run_workload, verify_index
 from .arguments import positive_int
-from .common import PROG, CliError, UsageError, plural, require_file, say, shorten, stderr
+from .common import PROG, CliError, UsageError, require_file, say, shorten, stderr
 
 
 def register(subparsers: Any) -> None:
@@ -51,34 +49,12 @@ def register(subparsers: Any) -> None:
         help="run the tasks in a process pool (default) or a thread pool",
     )
     demo.add_argument(
-        "--compare",
-        action="store_true",
-        help="also run the workload with the read-all/rewrite-all strategy and print the ratio",
-    )
-    demo.add_argument(
         "--verify-only",
         action="store_true",
         help="write nothing: verify the existing demo index at --index, "
         "which should hold --entries entries",
     )
     demo.set_defaults(run=run, parser=demo)
-
-
-def _rewrite_all_kept(index: Path, entries: int) -> str:
-    """How many demo entries a rewrite-all index kept, without trusting it."""
-    try:
-        data = index.read_bytes()
-    except OSError as e:
-        return f"unreadable: {e.strerror or e}"
-    report = check_index(index)
-    columns, rows = readable_rows(data)
-    col = columns.index("path") if "path" in columns else 0
-    expected = {demo_path(i) for i in range(entries)}
-    kept = {r[col] for r in rows if len(r) > col} & expected
-    text = f"kept {len(kept)} of {entries} entries"
-    if report.problems:
-        text += f"; its index has problems: {report.problems[0]}"
-    return text
 
 
 def _print_run(label: str, result: RunResult) -> None:
@@ -124,30 +100,6 @@ def _new_index(args: argparse.Namespace) -> Path:
     return index
 
 
-def _compare(args: argparse.Namespace, baseline: Path, result: RunResult) -> None:
-    sys.stdout.flush()
-    with Progress(args.entries, "read-all/rewrite-all", stderr()) as progress:
-        naive = run_workload(
-            baseline,
-            workers=args.workers,
-            entries=args.entries,
-            engine=args.engine,
-            strategy="rewrite-all",
-            progress=progress,
-        )
-    _print_run("read-all/rewrite-all", naive)
-    say(f"  {_rewrite_all_kept(baseline, args.entries)}")
-    if naive.errors:
-        first = shorten(naive.errors[0])
-        say(f"  {plural(len(naive.errors), 'write')} raised, e.g. {first}")
-    ratio = naive.elapsed / result.elapsed if result.elapsed > 0 else math.inf
-    say(
-        f"index-writer was {ratio:.1f}x as fast as read-all/rewrite-all "
-        f"({result.elapsed:.2f} s vs {naive.elapsed:.2f} s)"
-    )
-    say(f"read-all/rewrite-all index: {baseline}")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run (or only verify) the demo; exit status 0 if the verification passed."""
     if args.verify_only:
@@ -160,9 +112,6 @@ def run(args: argparse.Namespace) -> int:
         return 0 if ok else 1
 
     index = _new_index(args)
-    baseline = index.with_name(f"{index.stem}-rewrite-all{index.suffix}")
-    if args.compare and (baseline.exists() or baseline.is_symlink()):
-        raise CliError(f"{baseline}: already exists (the --compare run writes it)")
 
     engine = "worker processes" if args.engine == "processes" else "worker threads"
     say(
@@ -181,7 +130,5 @@ def run(args: argparse.Namespace) -> int:
     _print_run("index-writer", result)
     _report_task_errors(result)
     ok = _verification(index, args.entries)
-    if args.compare:
-        _compare(args, baseline, result)
     say(f"index: {index}")
     return 0 if ok else 1
