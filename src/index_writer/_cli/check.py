@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .._check import CheckReport, DedupeRefused, check_index, dedupe
+from .._check import CheckReport, DedupeRefusedError, check_index, dedupe
 from .arguments import seconds
 from .common import CliError, UsageError, plural, require_file, say, stdout
 
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dedupe:
         try:
             removed = dedupe(index, filepath_column=args.filepath_column, timeout=args.timeout)
-        except DedupeRefused as e:
+        except DedupeRefusedError as e:
             say(e.report.render(), out)
-            raise CliError(str(e)) from None
+            raise CliError(f"{index}: not de-duplicating: fix the problems above first") from None
         if removed:
             say(f"{index}: removed {plural(removed, 'duplicate row')}", out)
         else:
