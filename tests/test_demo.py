@@ -4,7 +4,9 @@ on a tampered index), progress output, and the command end-to-end.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import multiprocessing
 import re
 import shutil
 from pathlib import Path
@@ -13,23 +15,36 @@ import pytest
 
 from _cli_run import run
 from index_writer import IndexWriter
-from index_writer._demo import (
-    DEMO_COLUMNS,
-    Progress,
-    demo_path,
-    generate_context,
-    run_workload,
-    verify_index,
-)
+from index_writer._cli import main
+from index_writer._demo import DEMO_COLUMNS, Progress, demo_path, generate_context
 
 ENTRIES = 40
+
+
+def demo(*args: str | Path) -> tuple[int, str, str]:
+    """Run ``index-writer demo *args`` in-process: status, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["demo", *map(str, args)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def verify(index: Path, entries: int | None = ENTRIES) -> list[str]:
+    """The problems ``demo --verify-only`` finds (none when it passes)."""
+    more = [] if entries is None else ["--entries", str(entries)]
+    code, out, err = demo("--verify-only", "--index", index, *more)
+    problems = [line[4:] for line in err.splitlines() if line.startswith("  - ")]
+    assert code == (1 if problems else 0), out + err
+    assert ("verified: " in out) == (not problems)
+    return problems
 
 
 @pytest.fixture(scope="module")
 def good_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     index = tmp_path_factory.mktemp("demo") / "index.csv"
-    result = run_workload(index, workers=3, entries=ENTRIES, engine="threads")
-    assert result.errors == []
+    code, out, err = demo("--engine", "threads", "--workers", "3", "--entries", ENTRIES,
+                          "--index", index)  # fmt: skip
+    assert code == 0, out + err
     return index
 
 
@@ -53,9 +68,30 @@ def test_generate_context_matches_the_seed() -> None:
 
 
 def test_verify_accepts_the_real_thing(good_index: Path) -> None:
-    assert verify_index(good_index, ENTRIES) == []
+    assert verify(good_index) == []
     rows = IndexWriter(good_index).read_rows()
     assert list(rows[0]) == list(DEMO_COLUMNS)
+
+
+def test_verify_only_counts_what_is_there(copy: Path) -> None:
+    """Without --entries, the index is checked for as many entries as it shows."""
+    code, out, _ = demo("--verify-only", "--index", copy)
+    assert code == 0
+    assert f"verified: {ENTRIES} rows, {ENTRIES} unique paths" in out
+    assert verify(copy, ENTRIES + 10) == [
+        f"expected {ENTRIES + 10} rows, found {ENTRIES}",
+        f"10 entries missing: {demo_path(ENTRIES)}, {demo_path(ENTRIES + 1)}, "
+        f"{demo_path(ENTRIES + 2)}, ... (7 more)",
+    ]
+    # A lost entry shows: a higher number is still there.
+    lines = _lines(copy)
+    gone = next(i for i, line in enumerate(lines) if line.startswith(demo_path(3) + ","))
+    del lines[gone]
+    copy.write_text("".join(lines))
+    assert verify(copy, None) == [
+        f"expected {ENTRIES} rows, found {ENTRIES - 1}",
+        f"1 entries missing: {demo_path(3)}",
+    ]
 
 
 def _lines(index: Path) -> list[str]:
@@ -66,7 +102,7 @@ def test_verify_catches_a_missing_row(copy: Path) -> None:
     lines = _lines(copy)
     gone = lines.pop(7)
     copy.write_text("".join(lines))
-    problems = verify_index(copy, ENTRIES)
+    problems = verify(copy)
     assert f"expected {ENTRIES} rows, found {ENTRIES - 1}" in problems
     assert any(gone.split(",")[0] in p and "missing" in p for p in problems)
 
@@ -74,9 +110,10 @@ def test_verify_catches_a_missing_row(copy: Path) -> None:
 def test_verify_catches_a_duplicated_row(copy: Path) -> None:
     lines = _lines(copy)
     copy.write_text("".join([*lines, lines[3]]))
-    problems = verify_index(copy, ENTRIES)
-    assert f"expected {ENTRIES} rows, found {ENTRIES + 1}" in problems
-    assert any("recorded more than once" in p for p in problems)
+    for entries in (ENTRIES, None):
+        problems = verify(copy, entries)
+        assert f"expected {ENTRIES} rows, found {ENTRIES + 1}" in problems
+        assert any("recorded more than once" in p for p in problems)
 
 
 def test_verify_catches_a_value_in_the_wrong_place(copy: Path) -> None:
@@ -84,7 +121,7 @@ def test_verify_catches_a_value_in_the_wrong_place(copy: Path) -> None:
     path, _subject, *rest = lines[5].split(",")
     lines[5] = ",".join([path, "subject_x", *rest])
     copy.write_text("".join(lines))
-    problems = verify_index(copy, ENTRIES)
+    problems = verify(copy)
     assert problems == [f"1 row(s) with implausible values: {path} (subject_id 'subject_x')"]
 
 
@@ -97,7 +134,7 @@ def test_verify_catches_a_blanked_value_and_a_foreign_path(copy: Path) -> None:
     fields[0] = "output/other.nii.gz"
     lines[4] = ",".join(fields)
     copy.write_text("".join(lines))
-    problems = verify_index(copy, ENTRIES)
+    problems = verify(copy)
     assert any("row(s) with an empty column" in p for p in problems)
     assert any("unexpected path(s): 'output/other.nii.gz'" in p for p in problems)
 
@@ -105,14 +142,11 @@ def test_verify_catches_a_blanked_value_and_a_foreign_path(copy: Path) -> None:
 def test_verify_catches_a_dropped_column_and_a_broken_file(copy: Path) -> None:
     lines = _lines(copy)
     copy.write_text("".join(",".join(line.split(",")[:4]) + "\n" for line in lines))
-    assert "missing column(s): quality_score" in verify_index(copy, ENTRIES)
+    assert "missing column(s): quality_score" in verify(copy)
 
     copy.write_text("".join(lines) + 'output/x,"unterminated\n')
-    (problem,) = verify_index(copy, ENTRIES)
+    (problem,) = verify(copy)
     assert problem.startswith(f"Failed to read index file '{copy}'")
-
-    copy.unlink()
-    assert verify_index(copy, ENTRIES) == [f"{copy} does not exist"]
 
 
 # ------------------------------------------------------------------ progress
@@ -187,18 +221,34 @@ def test_demo_processes_end_to_end(tmp_path: Path) -> None:
     index = tmp_path / "sub" / "index.csv"
     r = run("demo", "--workers", "4", "--entries", "200", "--index", index)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "4 worker processes record 200 files" in r.stdout
+    default = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    assert f"4 worker processes (started by {default}) record 200 files" in r.stdout
     assert re.search(
         r"^index-writer: 200 entries in \d+\.\d\d s \([\d,]+ entries/s\)$", r.stdout, re.M
     )
     assert "verified: 200 rows, 200 unique paths" in r.stdout
     assert _field(r.stdout, "index: ") == str(index)
     assert re.search(r"index-writer: 200/200 \(100%\)", r.stderr)  # progress, no tty
-    assert verify_index(index, 200) == []
+    assert verify(index, 200) == []
 
     r = run("demo", "--index", index, "--entries", "10")
     assert r.returncode == 1
     assert "already exists" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_demo_under_each_start_method(tmp_path: Path, method: str) -> None:
+    if method not in multiprocessing.get_all_start_methods():
+        r = run("demo", "--start-method", method, "--index", tmp_path / "i.csv")
+        assert r.returncode == 2
+        assert f"--start-method {method} is not available on this platform" in r.stderr
+        return
+    index = tmp_path / "index.csv"
+    r = run("demo", "--workers", "3", "--entries", "30", "--start-method", method,
+            "--index", index)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"3 worker processes (started by {method}) record 30 files" in r.stdout
+    assert "verified: 30 rows, 30 unique paths" in r.stdout
 
 
 def test_demo_threads_default_index(tmp_path: Path) -> None:
@@ -208,7 +258,7 @@ def test_demo_threads_default_index(tmp_path: Path) -> None:
     try:
         assert index.name == "index.csv"
         assert index.parent.name.startswith("index-writer-demo-")
-        assert verify_index(index, 60) == []
+        assert verify(index, 60) == []
         assert "3 worker threads" in r.stdout
     finally:
         shutil.rmtree(index.parent)

@@ -16,7 +16,7 @@ Examples
 >>> index = Path(tempfile.mkdtemp()) / "index.csv"
 >>> result = run_workload(index, workers=2, entries=20, engine="threads")
 >>> result.errors, verify_index(index, 20)
-([], [])
+([], (20, []))
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import random
+import re
 import signal
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ from ._errors import IndexWriterError
 __all__ = [
     "DEMO_COLUMNS",
     "MODALITIES",
+    "START_METHODS",
     "Progress",
     "RunResult",
     "demo_path",
@@ -59,6 +61,26 @@ Task = Callable[[tuple[str, int]], str | None]
 
 MODALITIES = ("CT", "MR", "SEG")
 DEMO_COLUMNS = ("path", "subject_id", "modality", "timestamp", "quality_score")
+#: How worker processes can be started (:mod:`multiprocessing` start methods).
+START_METHODS = ("fork", "spawn", "forkserver")
+_DEMO_PATH = re.compile(r"output/fake_file_(\d+)\.nii\.gz")
+
+
+def default_start_method() -> str:
+    """``"forkserver"`` where the platform has it (POSIX), else ``"spawn"`` (Windows).
+
+    Both start workers without copying the parent's threads and locks; it is
+    Python 3.14's default on Linux, chosen here on every Python version so the
+    demo behaves the same everywhere.
+
+    Examples
+    --------
+    >>> default_start_method() in ("forkserver", "spawn")
+    True
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
 
 
 def demo_path(i: int) -> str:
@@ -234,6 +256,8 @@ class RunResult:
     ----------
     engine : str
         ``"processes"`` or ``"threads"``.
+    start_method : str or None
+        How the worker processes were started; None for threads.
     workers, entries : int
         Pool size and number of tasks.
     elapsed : float
@@ -244,6 +268,7 @@ class RunResult:
     """
 
     engine: str
+    start_method: str | None
     workers: int
     entries: int
     elapsed: float
@@ -261,6 +286,7 @@ def run_workload(
     workers: int = 12,
     entries: int = 1000,
     engine: Engine = "processes",
+    start_method: str | None = None,
     progress: Progress | None = None,
     task: Task | None = None,
 ) -> RunResult:
@@ -275,8 +301,11 @@ def run_workload(
     entries : int, optional
         Number of tasks; task ``i`` records :func:`demo_path` ``(i)``.
     engine : {"processes", "threads"}, optional
-        A :class:`multiprocessing.pool.Pool` of processes (default start
-        method) or a :class:`multiprocessing.pool.ThreadPool`.
+        A :class:`multiprocessing.pool.Pool` of processes or a
+        :class:`multiprocessing.pool.ThreadPool`.
+    start_method : {"fork", "spawn", "forkserver"}, optional
+        How to start worker processes; default :func:`default_start_method`.
+        ``ValueError`` if the platform does not have it.
     progress : Progress, optional
         Updated once per finished task.
     task : Callable[[tuple[str, int]], str | None], optional
@@ -298,8 +327,11 @@ def run_workload(
     start = time.perf_counter()
     pool: multiprocessing.pool.Pool
     if engine == "processes":
-        pool = multiprocessing.Pool(workers, initializer=_ignore_sigint)
+        start_method = start_method or default_start_method()
+        context = multiprocessing.get_context(start_method)
+        pool = context.Pool(workers, initializer=_ignore_sigint)
     elif engine == "threads":
+        start_method = None
         pool = multiprocessing.pool.ThreadPool(workers)
     else:
         raise ValueError(f"unknown engine {engine!r}")
@@ -317,7 +349,7 @@ def run_workload(
     elapsed = time.perf_counter() - start
     if errors:
         logger.info("%d of %d tasks failed; first: %s", len(errors), entries, errors[0])
-    return RunResult(engine, workers, entries, elapsed, errors)
+    return RunResult(engine, start_method, workers, entries, elapsed, errors)
 
 
 def _value_problem(row: dict[str, str], i: int | None) -> str | None:
@@ -344,7 +376,9 @@ def _examples(items: list[str], limit: int = 3) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def verify_index(index_path: str | os.PathLike[str], entries: int) -> list[str]:
+def verify_index(
+    index_path: str | os.PathLike[str], entries: int | None = None
+) -> tuple[int, list[str]]:
     """Check a demo index: every entry exactly once, every column, sane values.
 
     Reads the index with :meth:`~index_writer.IndexWriter.read_rows` (a
@@ -359,32 +393,38 @@ def verify_index(index_path: str | os.PathLike[str], entries: int) -> list[str]:
     ----------
     index_path : str or os.PathLike
         The index the demo wrote.
-    entries : int
-        How many entries the demo wrote.
+    entries : int, optional
+        How many entries the demo wrote. By default, as many as the index
+        shows: one more than the highest entry number in it (so a lost entry
+        is found unless it is the last one), or its number of rows if it
+        holds no demo path at all.
 
     Returns
     -------
-    list[str]
-        One line per problem; empty when the index is correct.
+    tuple[int, list[str]]
+        The number of entries checked for, and one line per problem (none
+        when the index is correct).
 
     Examples
     --------
     >>> import tempfile
     >>> index = Path(tempfile.mkdtemp()) / "index.csv"
-    >>> verify_index(index, 5)[0].endswith("does not exist")
+    >>> verify_index(index, 5)[1][0].endswith("does not exist")
     True
     """
     from . import IndexWriter
 
     path = Path(index_path)
     if not path.exists():
-        return [f"{path} does not exist"]
+        return entries or 0, [f"{path} does not exist"]
     try:
         rows = IndexWriter(path).read_rows()
     except IndexWriterError as exc:
-        return [str(exc)]
+        return entries or 0, [str(exc)]
     except OSError as exc:
-        return [f"{path}: {exc.strerror or exc}"]
+        return entries or 0, [f"{path}: {exc.strerror or exc}"]
+    if entries is None:
+        entries = _entries_shown(rows)
 
     problems: list[str] = []
     if len(rows) != entries:
@@ -420,4 +460,11 @@ def verify_index(index_path: str | os.PathLike[str], entries: int) -> list[str]:
         problems.append(f"{len(empty)} row(s) with an empty column: {_examples(empty)}")
     if bad:
         problems.append(f"{len(bad)} row(s) with implausible values: {_examples(bad)}")
-    return problems
+    return entries, problems
+
+
+def _entries_shown(rows: list[dict[str, str]]) -> int:
+    """How many entries a demo index holds by the look of it (see verify_index)."""
+    numbers = (_DEMO_PATH.fullmatch(row.get("path", "")) for row in rows)
+    highest = max((int(m[1]) for m in numbers if m), default=None)
+    return len(rows) if highest is None else highest + 1

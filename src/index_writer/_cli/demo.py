@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from .._demo import DEMO_COLUMNS, Progress, RunResult, run_workload, verify_index
+from .._demo import (
+    DEMO_COLUMNS,
+    START_METHODS,
+    Progress,
+    RunResult,
+    default_start_method,
+    run_workload,
+    verify_index,
+)
 from .arguments import positive_int
 from .common import PROG, CliError, UsageError, require_file, say, shorten, stderr
+
+#: Entries the demo writes unless told otherwise.
+DEFAULT_ENTRIES = 1000
 
 
 def register(subparsers: Any) -> None:
@@ -32,9 +44,9 @@ def register(subparsers: Any) -> None:
     demo.add_argument(
         "--entries",
         type=positive_int,
-        default=1000,
         metavar="M",
-        help="entries to write (1000)",
+        help=f"entries to write ({DEFAULT_ENTRIES}); with --verify-only, how many "
+        "the index must hold (default: as many as it shows)",
     )
     demo.add_argument(
         "--index",
@@ -49,10 +61,15 @@ def register(subparsers: Any) -> None:
         help="run the tasks in a process pool (default) or a thread pool",
     )
     demo.add_argument(
+        "--start-method",
+        choices=START_METHODS,
+        help="how worker processes start (default: forkserver where the platform "
+        "has it, else spawn)",
+    )
+    demo.add_argument(
         "--verify-only",
         action="store_true",
-        help="write nothing: verify the existing demo index at --index, "
-        "which should hold --entries entries",
+        help="write nothing: verify the existing demo index at --index",
     )
     demo.set_defaults(run=run, parser=demo)
 
@@ -71,8 +88,8 @@ def _report_task_errors(result: RunResult) -> None:
         say(f"  {shorten(text)}", err)
 
 
-def _verification(index: Path, entries: int) -> bool:
-    problems = verify_index(index, entries)
+def _verification(index: Path, entries: int | None) -> bool:
+    entries, problems = verify_index(index, entries)
     if not problems:
         say(
             f"verified: {entries} rows, {entries} unique paths, "
@@ -100,35 +117,45 @@ def _new_index(args: argparse.Namespace) -> Path:
     return index
 
 
+def _verify_only(args: argparse.Namespace) -> int:
+    if not args.index:
+        raise UsageError("--verify-only needs --index PATH")
+    index = Path(args.index)
+    require_file(index)
+    ok = _verification(index, args.entries)
+    say(f"index: {index}")
+    return 0 if ok else 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Run (or only verify) the demo; exit status 0 if the verification passed."""
     if args.verify_only:
-        if not args.index:
-            raise UsageError("--verify-only needs --index PATH")
-        index = Path(args.index)
-        require_file(index)
-        ok = _verification(index, args.entries)
-        say(f"index: {index}")
-        return 0 if ok else 1
-
+        return _verify_only(args)
+    method = args.start_method
+    if method is not None and method not in multiprocessing.get_all_start_methods():
+        raise UsageError(
+            f"--start-method {method} is not available on this platform "
+            f"(available: {', '.join(multiprocessing.get_all_start_methods())})"
+        )
+    entries = args.entries or DEFAULT_ENTRIES
     index = _new_index(args)
-
-    engine = "worker processes" if args.engine == "processes" else "worker threads"
-    say(
-        f"{PROG} demo: {args.workers} {engine} record {args.entries} files in "
-        f"{index}, one write_entry per task"
-    )
+    pool = f"{args.workers} worker {args.engine}"
+    if args.engine == "processes":
+        method = method or default_start_method()
+        pool += f" (started by {method})"
+    say(f"{PROG} demo: {pool} record {entries} files in {index}, one write_entry per task")
     sys.stdout.flush()
-    with Progress(args.entries, "index-writer", stderr()) as progress:
+    with Progress(entries, "index-writer", stderr()) as progress:
         result = run_workload(
             index,
             workers=args.workers,
-            entries=args.entries,
+            entries=entries,
             engine=args.engine,
+            start_method=method,
             progress=progress,
         )
     _print_run("index-writer", result)
     _report_task_errors(result)
-    ok = _verification(index, args.entries)
+    ok = _verification(index, entries)
     say(f"index: {index}")
     return 0 if ok else 1
