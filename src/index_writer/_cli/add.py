@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import csv
 from pathlib import Path
 from typing import Any
 
+from .._check import index_columns
+from .._errors import IndexSchemaMismatchError
 from .._writer import IndexWriter
-from .arguments import build_context, seconds
-from .common import CliError, UsageError
+from .arguments import add_filepath_column_option, add_timeout_option, build_context
+from .common import CliError, UsageError, shorten
 
 
 def register(subparsers: Any) -> None:
@@ -18,38 +21,31 @@ def register(subparsers: Any) -> None:
         help="record one entry",
         description=(
             "Record PATH in INDEX with the given values. INDEX is created if "
-            "missing; its directory must exist. KEY=VALUE splits at the first "
-            "'='; --json takes a JSON object, for values with any characters "
-            "(strings are written as they are, null as empty, other values "
-            "as JSON text)."
+            "missing, with its directory; an existing INDEX must be an index "
+            "with the path column. KEY=VALUE splits at the first '='; --json "
+            "takes a JSON object, for values with any characters (strings are "
+            "written as they are, null as empty, other values as JSON text)."
         ),
     )
     add.add_argument("index", metavar="INDEX", help="the CSV index")
     add.add_argument("path", metavar="PATH", help="the file to record")
-    add.add_argument("pairs", metavar="KEY=VALUE", nargs="*", help="column values")
+    add.add_argument(
+        "pairs", metavar="KEY=VALUE", nargs="*", default=[], help="column values (optional)"
+    )
     add.add_argument("--json", metavar="OBJECT", help="column values as a JSON object")
     add.add_argument(
         "--replace",
         action="store_true",
-        help="replace the row already holding PATH (replace_existing=True)",
+        help="replace the whole row holding PATH: columns not given become "
+        "empty (replace_existing=True)",
     )
     add.add_argument(
         "--strict",
         action="store_true",
         help="fail instead of adding new columns (merge_columns=False)",
     )
-    add.add_argument(
-        "--filepath-column",
-        default="path",
-        metavar="NAME",
-        help="the column holding the paths ('path')",
-    )
-    add.add_argument(
-        "--timeout",
-        type=seconds,
-        metavar="S",
-        help="give up after S seconds waiting for the lock (default: wait)",
-    )
+    add_filepath_column_option(add)
+    add_timeout_option(add, "give up")
     add.add_argument(
         "--durable",
         action="store_true",
@@ -69,20 +65,46 @@ def take_extra(args: argparse.Namespace, extra: list[str]) -> list[str]:
     return [a for a in extra if a not in pairs]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Record the entry; exit status 0."""
-    try:
-        context = build_context(args.path, args.pairs, args.json, args.filepath_column)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+def _check_words(args: argparse.Namespace) -> dict[str, str]:
+    """The entry's context; UsageError for empty words and malformed values."""
+    for word, name in ((args.index, "INDEX"), (args.path, "PATH")):
+        if not word:
+            raise UsageError(f"{name} is empty (an unset shell variable?)")
     if not args.filepath_column:
         raise UsageError("--filepath-column must not be empty")
-    index = Path(args.index)
-    parent = index.parent
-    if not parent.is_dir():
-        raise CliError(f"{index}: directory {str(parent)!r} does not exist")
+    try:
+        return build_context(args.path, args.pairs, args.json, args.filepath_column)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_target(index: Path, column: str) -> None:
+    """Refuse a directory, or an existing file that is not an index with ``column``.
+
+    Only the header is read, without the lock, so a mistaken INDEX (a swapped
+    argument, a data file) is left exactly as it was, with no lock file
+    next to it.
+    """
     if index.is_dir():
         raise CliError(f"{index}: is a directory, not an index file")
+    try:
+        columns = index_columns(index)
+    except FileNotFoundError:
+        return
+    except csv.Error as e:
+        raise CliError(f"{index}: not a CSV index: {e}") from None
+    if columns is not None and column not in columns:
+        raise CliError(
+            f"{index}: has no {column!r} column (its columns: {shorten(', '.join(columns), 80)})"
+            ": is INDEX the first argument? Name another path column with --filepath-column"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Record the entry; exit status 0."""
+    context = _check_words(args)
+    index = Path(args.index)
+    _check_target(index, args.filepath_column)
     writer = IndexWriter(index, timeout=args.timeout, durable=args.durable)
     try:
         writer.write_entry(
@@ -92,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
             replace_existing=args.replace,
             merge_columns=not args.strict,
         )
+    except IndexSchemaMismatchError as e:
+        raise CliError(
+            f"Schema mismatch in index file '{e.index_path}'. Missing fields: "
+            f"{sorted(e.missing_fields)}. Run without --strict to add these columns."
+        ) from None
     except (ValueError, TypeError) as e:  # e.g. a NUL character in a --json value
         raise UsageError(str(e)) from None
     return 0

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any
+
+#: Waits at least this long are waiting forever: no lock is held for 30 years,
+#: and longer deadlines overflow the platform's clocks and thread waits.
+FOREVER = min(1e9, threading.TIMEOUT_MAX / 2)
 
 
 def positive_int(text: str) -> int:
@@ -26,21 +31,44 @@ def positive_int(text: str) -> int:
     return value
 
 
-def seconds(text: str) -> float:
-    """An argparse type: a number of seconds >= 0.
+def timeout(text: str) -> float | None:
+    """An argparse type for ``--timeout``: seconds >= 0, or ``inf`` (None: wait forever).
 
     Examples
     --------
-    >>> seconds("2.5")
-    2.5
+    >>> timeout("2.5"), timeout("0"), timeout("inf")
+    (2.5, 0.0, None)
     """
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text!r}")
-    return value
+        value = math.nan
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds >= 0, or inf to wait forever; got {text!r}"
+        )
+    return None if value >= FOREVER else value
+
+
+def add_timeout_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--timeout S`` to ``parser``; ``what`` says what gives up after S seconds."""
+    parser.add_argument(
+        "--timeout",
+        type=timeout,
+        metavar="S",
+        help=f"{what} after S seconds waiting for the lock (a number, or inf: "
+        "wait forever, the default)",
+    )
+
+
+def add_filepath_column_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--filepath-column NAME`` to ``parser``."""
+    parser.add_argument(
+        "--filepath-column",
+        default="path",
+        metavar="NAME",
+        help="the column holding the paths ('path')",
+    )
 
 
 def column_list(text: str) -> list[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._check import CheckReport, DedupeRefusedError, check_index, dedupe
-from .arguments import seconds
+from .arguments import add_filepath_column_option, add_timeout_option
 from .common import CliError, UsageError, plural, require_file, say, stdout
 
 
@@ -31,18 +31,8 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="remove all but the last row of each path, and say how many",
     )
-    check.add_argument(
-        "--filepath-column",
-        default="path",
-        metavar="NAME",
-        help="the column holding the paths ('path')",
-    )
-    check.add_argument(
-        "--timeout",
-        type=seconds,
-        metavar="S",
-        help="with --dedupe: give up after S seconds waiting for the lock",
-    )
+    add_filepath_column_option(check)
+    add_timeout_option(check, "with --dedupe: give up")
     check.set_defaults(run=run, parser=check)
 
 

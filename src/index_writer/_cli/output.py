@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import unicodedata
 from collections.abc import Iterator, Sequence
-from typing import TextIO
+from typing import BinaryIO, TextIO
+
+from .._table import format_row
 
 #: Longest cell shown by ``show --format table`` (in terminal columns).
 TABLE_CELL_MAX = 60
@@ -102,9 +103,42 @@ def write_json(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, str
     out.write("\n")
 
 
+def csv_records(columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Iterator[str]:
+    """The CSV records of ``rows`` (header first), as the index format writes them.
+
+    Every value reads back exactly: fields holding a comma, a quote, CR or LF
+    are quoted, whatever else they hold (lone CR included), and a record of
+    one empty field is ``""`` so that it is not a blank line.
+
+    Examples
+    --------
+    >>> rows = [{"path": "a", "v": "x\\ry"}, {"path": "b", "v": " "}]
+    >>> list(csv_records(["path", "v"], rows))
+    ['path,v\\n', 'a,"x\\ry"\\n', 'b, \\n']
+    """
+    if not columns:
+        return
+    yield format_row(columns, "\n")
+    for row in rows:
+        yield format_row([row[c] for c in columns], "\n")
+
+
 def write_csv(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
-    """Print ``rows`` as CSV: a header, then one record per row."""
-    writer = csv.writer(out, lineterminator="\n")
-    if columns:
-        writer.writerow(columns)
-    writer.writerows([row[c] for c in columns] for row in rows)
+    """Print ``rows`` as CSV: UTF-8, LF line ends, exact for every value.
+
+    The bytes go to the stream's binary buffer when it has one, so no
+    newline translation (CR LF on Windows) changes the values.
+    """
+    raw: BinaryIO | None = getattr(out, "buffer", None)
+    if raw is None:
+        out.writelines(csv_records(columns, rows))
+        return
+    out.flush()
+    chunk: list[str] = []
+    for record in csv_records(columns, rows):
+        chunk.append(record)
+        if len(chunk) >= 1024:
+            raw.write("".join(chunk).encode("utf-8"))
+            chunk.clear()
+    raw.write("".join(chunk).encode("utf-8"))
+    raw.flush()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import csv
 from pathlib import Path
 from typing import Any
 
-from .._check import check_index
+from .._check import index_columns
 from .._writer import IndexWriter
-from .arguments import column_list, seconds
+from .arguments import add_timeout_option, column_list
 from .common import CliError, require_file, stdout
 from .output import TABLE_CELL_MAX, write_csv, write_json, write_table
 
@@ -21,10 +22,10 @@ def register(subparsers: Any) -> None:
         "show",
         help="print the index",
         description=(
-            "Print a consistent snapshot of INDEX, read under the lock. "
-            "'table' is an aligned view for terminals: control characters are "
-            "escaped and cells longer than "
-            f"{TABLE_CELL_MAX} columns are cut short (csv and json are exact)."
+            "Print a consistent snapshot of INDEX, read under the lock. csv "
+            "(UTF-8, LF line ends) and json are exact; 'table' is an aligned "
+            "view for terminals: control characters are escaped and cells "
+            f"longer than {TABLE_CELL_MAX} columns are cut short."
         ),
     )
     show.add_argument("index", metavar="INDEX", help="the CSV index")
@@ -40,21 +41,27 @@ def register(subparsers: Any) -> None:
         default="csv",
         help="output format (csv)",
     )
-    show.add_argument(
-        "--timeout",
-        type=seconds,
-        metavar="S",
-        help="give up after S seconds waiting for the lock (default: wait)",
-    )
+    add_timeout_option(show, "give up")
     show.set_defaults(run=run, parser=show)
+
+
+def _header(index: Path) -> list[str]:
+    """The index's columns, read without the lock: a file that is no index is
+    refused before taking the lock creates anything next to it."""
+    require_file(index)
+    try:
+        return index_columns(index) or []
+    except csv.Error as e:
+        raise CliError(f"{index}: not a CSV index: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the index; exit status 0."""
     index = Path(args.index)
-    require_file(index)
+    columns = _header(index)
     rows = IndexWriter(index, timeout=args.timeout).read_rows()
-    columns = list(rows[0]) if rows else check_index(index).columns
+    if rows:
+        columns = list(rows[0])
     if args.columns:
         unknown = [c for c in args.columns if c not in columns]
         if unknown:
