@@ -15,7 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index_writer import DedupeRefusedError, IndexWriter, IndexWriterError, check_index, dedupe
+from index_writer import (
+    DedupeRefusedError,
+    IndexReadError,
+    IndexWriter,
+    IndexWriterError,
+    check_index,
+    dedupe,
+)
 
 # Text a CSV can hold: no NUL, no lone surrogates; plenty of the characters
 # that need quoting.
@@ -105,9 +112,16 @@ def test_dedupe_refuses_malformed_file(tmp_path: Path) -> None:
     assert index.read_bytes() == content
 
 
-def test_dedupe_missing_file_creates_nothing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+def test_missing_or_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(IndexReadError) as info:
         dedupe(tmp_path / "nope.csv")
+    assert isinstance(info.value.original_exception, FileNotFoundError)
+    with pytest.raises(IndexReadError) as info:
+        check_index(tmp_path / "nope.csv")
+    assert isinstance(info.value.original_exception, FileNotFoundError)
+    with pytest.raises(IndexReadError) as info:
+        check_index(tmp_path)
+    assert isinstance(info.value.original_exception, IsADirectoryError | PermissionError)
     assert list(tmp_path.iterdir()) == []
 
 

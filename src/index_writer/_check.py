@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._check_scan import EXAMPLES, Groups, Reader, Source, Tally, repeated_hashes
-from ._errors import IndexWriterError
+from ._errors import IndexReadError, IndexWriterError
 from ._table import BOM, TableError, read_header
 
 __all__ = ["CheckReport", "DedupeRefusedError", "check_index", "dedupe"]
@@ -325,8 +325,9 @@ def check_index(index_path: str | os.PathLike[str], filepath_column: str = "path
 
     Raises
     ------
-    OSError
-        The file cannot be read (missing, a directory, no permission).
+    IndexReadError
+        The file cannot be read (missing, a directory, no permission);
+        ``original_exception`` is the :class:`OSError`.
 
     Notes
     -----
@@ -349,7 +350,11 @@ def check_index(index_path: str | os.PathLike[str], filepath_column: str = "path
     no newline at the end of the file (after line 4)
     1 duplicate path (1 redundant row; 'check --dedupe' keeps the last of each): 'x' on lines 2, 3
     """
-    report, _ = _inspect(Source(Path(index_path)), filepath_column, keep_spans=False)
+    path = Path(index_path)
+    try:
+        report, _ = _inspect(Source(path), filepath_column, keep_spans=False)
+    except OSError as e:
+        raise IndexReadError(path, e) from e
     return report
 
 
@@ -386,6 +391,8 @@ def _refuse_before_locking(path: Path, filepath_column: str) -> None:
         columns = index_columns(path)
     except csv.Error:
         columns = []
+    except OSError as e:
+        raise IndexReadError(path, e) from e
     if columns is not None and filepath_column not in columns:
         raise DedupeRefusedError(check_index(path, filepath_column))
 
@@ -428,11 +435,13 @@ def dedupe(
     DedupeRefusedError
         The file is malformed (see :attr:`CheckReport.blocking`); it is
         untouched. The exception's ``report`` says what is wrong.
+    IndexReadError
+        The file does not exist (``original_exception`` is a
+        :class:`FileNotFoundError`; nothing is created) or cannot be read.
+    IndexWriteError
+        Replacing the file failed; it is untouched.
     IndexLockTimeoutError
         The lock was not acquired in time.
-    OSError
-        Reading or replacing the file failed (``FileNotFoundError`` if it does
-        not exist); it is untouched.
 
     Examples
     --------
@@ -452,7 +461,8 @@ def dedupe(
     path = Path(index_path)
     if not path.exists():
         # Taking the lock would create files next to a path that is not there.
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        missing = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        raise IndexReadError(path, missing)
     _refuse_before_locking(path, filepath_column)
     writer = IndexWriter(path, lock_path, timeout=timeout, durable=True)
     removed = 0
