@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 from index_writer._check import check_index
-from index_writer._demo import Progress, RunResult, Task, demo_path, run_workload
+from index_writer._demo import RunResult, Task, demo_path, run_workload
+from index_writer._progress import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _naive import rewrite_all_task
@@ -48,9 +49,7 @@ def kept(index: Path, entries: int) -> str:
     return text
 
 
-def timed(
-    label: str, index: Path, args: argparse.Namespace, task: Task | None = None
-) -> RunResult:
+def timed(label: str, index: Path, args: argparse.Namespace, task: Task | None = None) -> RunResult:
     """Run the workload on ``index``; print its time and what the index kept."""
     with Progress(args.entries, label, sys.stderr) as progress:
         result = run_workload(

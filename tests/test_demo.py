@@ -16,7 +16,8 @@ import pytest
 from _cli_run import run
 from index_writer import IndexWriter
 from index_writer._cli import main
-from index_writer._demo import DEMO_COLUMNS, Progress, demo_path, generate_context
+from index_writer._demo import DEMO_COLUMNS, demo_path, generate_context
+from index_writer._progress import Progress
 
 ENTRIES = 40
 

@@ -75,9 +75,7 @@ def test_one_version_number(wheel: Path) -> None:
     assert importlib.metadata.version("index-writer") == index_writer.__version__
 
 
-def test_the_command_runs_from_a_fresh_install_without_extras(
-    wheel: Path, tmp_path: Path
-) -> None:
+def test_the_command_runs_from_a_fresh_install_without_extras(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")

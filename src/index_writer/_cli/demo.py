@@ -12,12 +12,12 @@ from typing import Any
 from .._demo import (
     DEMO_COLUMNS,
     START_METHODS,
-    Progress,
     RunResult,
     default_start_method,
     run_workload,
     verify_index,
 )
+from .._progress import Progress
 from .arguments import positive_int
 from .common import PROG, CliError, UsageError, require_file, say, shorten, stderr
 
