@@ -395,3 +395,49 @@ def test_check_memory_is_bounded_by_the_row_not_the_file(tmp_path: Path) -> None
     assert (count, duplicates) == (rows + 1, 1)
     # 8 bytes a row for the path hashes plus a 4-byte-a-row bitmap: about 4 MB.
     assert growth_kb < size_kb // 3, f"peak grew by {growth_kb} KB for a {size_kb} KB file"
+
+
+def test_blank_lines_longer_than_a_read_block(tmp_path: Path) -> None:
+    # More than a megabyte of blank lines; the lone LF first puts the reads'
+    # block boundary in the middle of a CR LF, which still counts as one.
+    index = tmp_path / "i.csv"
+    index.write_bytes(b"path\n" + b"\n" + b"\r\n" * 600_000 + b"a\n")
+    report = check_index(index)
+    assert (report.clean, report.rows) == (True, 1)
+    assert report.notes == [
+        "600001 blank lines (ignored by readers)",
+        "mixed line endings: 600000 CR LF, 3 LF",
+    ]
+
+
+pieces = st.sampled_from(
+    ["a", "b", "a,b", '"x,y"', '"q""q"', '"l1\nl2"', '"c\rr"', "", ",", "é", "\n", "\r\n", "\r"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(pieces, max_size=40), st.booleans())
+def test_the_streaming_check_agrees_with_reading_it_all_at_once(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[str], bom: bool
+) -> None:
+    """For any well-formed file: rows, widths and duplicates as csv.reader sees them."""
+    import io
+
+    text = "path,k\n" + "".join(parts)
+    index = tmp_path_factory.mktemp("stream") / "i.csv"
+    index.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    try:
+        records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:
+        return  # malformed: covered by the examples above
+    rows = [r for r in records[1:] if r]
+    paths = [r[0] for r in rows]
+    report = check_index(index)
+    assert report.rows == len(rows)
+    assert report.columns == ["path", "k"]
+    assert report.duplicate_rows == len(paths) - len(set(paths))
+    wide = sum(len(r) > 2 for r in rows)
+    assert bool(report.blocking) == (wide > 0)
+    assert report.clean == (not wide and len(set(paths)) == len(paths) and text.endswith(
+        ("\n", "\r")
+    ))
