@@ -38,10 +38,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check (and de-duplicate); exit status 0 when clean, 1 otherwise."""
-    index = Path(args.index)
-    require_file(index)
     if not args.filepath_column:
         raise UsageError("--filepath-column must not be empty")
+    index = Path(args.index)
+    require_file(index)
     out = stdout()
     if args.dedupe:
         try:
