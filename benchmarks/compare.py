@@ -7,8 +7,9 @@ Three implementations, measured in one run, interleaved, medians over repeats:
 * ``index-writer`` -- this library (``index_writer.IndexWriter``);
 * ``original`` -- ``imgtools.io.writers.index_writer.IndexWriter`` from the
   med-imagetools 2.16.0 wheel, downloaded at run time with
-  ``pip download --no-deps`` into ``benchmarks/_cache/`` and imported from the
-  file (see ``_original.py``; none of its code is committed);
+  ``pip download --no-deps`` into a cache directory and imported from the
+  file by ``tests/_original.py``, the loader the tests use too (none of its
+  code is committed);
 * ``floor`` -- the least any safe shared append can do: a
   ``fasteners.InterProcessLock`` held around one ``os.write`` of the row to an
   index opened once with ``O_APPEND``.
@@ -37,7 +38,6 @@ import contextlib
 import csv
 import datetime as dt
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -59,7 +59,7 @@ import fasteners
 from index_writer import IndexWriter
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
 import _original  # noqa: E402
 
 COLUMNS = ("path", "subject_id", "modality", "timestamp", "quality_score")
@@ -451,14 +451,7 @@ def bench_rss(cfg: Config, work: Path, res: Results, original_src: str | None) -
 
 def _load_original_class(src: str) -> Any:
     """The original class, imported by file path (in a worker as in the parent)."""
-    module = sys.modules.get(ORIGINAL_MODULE)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(ORIGINAL_MODULE, src)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[ORIGINAL_MODULE] = module
-        spec.loader.exec_module(module)
-    return module.IndexWriter
+    return _original.load(src).IndexWriter
 
 
 def demo_task_ours(index_path: str, i: int) -> None:

@@ -15,11 +15,9 @@ import contextlib
 import csv
 import hashlib
 import importlib
-import importlib.util
 import logging
 import os
 import random
-import sys
 import threading
 import time
 from collections import Counter
@@ -430,22 +428,11 @@ def replace_worker_revs(tag: str, n: int) -> dict[str, int]:
 # ----------------------------------------------------- the original writer
 
 
-def load_original(module_file: str) -> Any:
-    """Import med-imagetools' ``index_writer.py`` from its file (once per process)."""
-    name = "_imgtools_index_writer_2_16"
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(name, module_file)
-        assert spec is not None and spec.loader is not None
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
 def original_write_range(module_file: str, index: str, tag: str, n: int, start_event: Any) -> int:
     """Write ``n`` entries with med-imagetools' original IndexWriter."""
-    w = load_original(module_file).IndexWriter(Path(index))
+    from _original import load
+
+    w = load(module_file).IndexWriter(Path(index))
     start_event.wait()
     for i in range(n):
         p = entry_path(tag, i)

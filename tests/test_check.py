@@ -15,8 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index_writer import IndexWriter
-from index_writer._check import DedupeRefused, check_index, dedupe, readable_rows
+from index_writer import (
+    DedupeRefusedError,
+    IndexReadError,
+    IndexWriter,
+    IndexWriterError,
+    check_index,
+    dedupe,
+)
 
 # Text a CSV can hold: no NUL, no lone surrogates; plenty of the characters
 # that need quoting.
@@ -100,15 +106,22 @@ def test_dedupe_refuses_malformed_file(tmp_path: Path) -> None:
     index = tmp_path / "i.csv"
     content = b"path,k\na,1\na,\xff\n"
     index.write_bytes(content)
-    with pytest.raises(DedupeRefused) as info:
+    with pytest.raises(DedupeRefusedError) as info:
         dedupe(index)
     assert not info.value.report.clean
     assert index.read_bytes() == content
 
 
-def test_dedupe_missing_file_creates_nothing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+def test_missing_or_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(IndexReadError) as info:
         dedupe(tmp_path / "nope.csv")
+    assert isinstance(info.value.original_exception, FileNotFoundError)
+    with pytest.raises(IndexReadError) as info:
+        check_index(tmp_path / "nope.csv")
+    assert isinstance(info.value.original_exception, FileNotFoundError)
+    with pytest.raises(IndexReadError) as info:
+        check_index(tmp_path)
+    assert isinstance(info.value.original_exception, IsADirectoryError | PermissionError)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -228,12 +241,11 @@ def test_reading_stops_at_the_first_fatal_problem(
     index = tmp_path / "i.csv"
     index.write_bytes(content)
     report = check_index(index)
-    assert report.problems == [problem]
-    assert report.blocking
+    assert report.problems == report.blocking == [problem]
     assert (report.rows, report.columns) == (rows, ["path", "k"])
     if not problem.startswith("unterminated"):
         assert report.notes[-1].startswith("reading stopped at line ")
-    with pytest.raises(DedupeRefused):
+    with pytest.raises(DedupeRefusedError):
         dedupe(index)
     assert index.read_bytes() == content
 
@@ -252,8 +264,180 @@ def test_rows_before_a_bad_byte_far_into_the_file_are_checked(tmp_path: Path) ->
     )
 
 
-def test_readable_rows_stops_at_damage() -> None:
-    data = b"path,k\na,1\nb,2,3\nc,\x00\nd,4\n"
-    assert readable_rows(data) == (["path", "k"], [["a", "1"], ["b", "2", "3"]])
-    assert readable_rows(b"") == ([], [])
-    assert readable_rows(b"\xef\xbb\xbf\n\npath\n") == (["path"], [])
+def test_paths_with_the_same_hash_are_told_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are grouped by a hash of their path first; equal hashes are only candidates."""
+    import index_writer._check_scan as scan
+
+    # Every path of the same length now has the same hash.
+    monkeypatch.setattr(scan, "hash", len, raising=False)
+    index = tmp_path / "i.csv"
+    index.write_text("path,k\naa,1\nbb,2\naa,3\ncc,4\nd,5\nbb,6\n")
+    report = check_index(index)
+    assert report.duplicate_rows == 2
+    assert report.problems == [
+        "2 duplicate paths (2 redundant rows; 'check --dedupe' keeps the last of each): "
+        "'aa' on lines 2, 4; 'bb' on lines 3, 7"
+    ]
+    assert dedupe(index) == 2
+    assert index.read_text() == "path,k\naa,3\ncc,4\nd,5\nbb,6\n"
+
+
+def test_many_duplicates_are_all_counted_and_shown_briefly(tmp_path: Path) -> None:
+    index = tmp_path / "i.csv"
+    IndexWriter(index).write_entries((f"p{i % 7}", {"k": i}) for i in range(70))
+    report = check_index(index)
+    assert report.duplicate_rows == 63
+    (problem,) = report.problems
+    assert problem.startswith("7 duplicate paths (63 redundant rows; ")
+    assert "'p0' on lines 2, 9, 16, 23, 30 and 5 more; 'p1' on lines 3, 10" in problem
+    assert problem.endswith("; and 4 more paths")
+    assert dedupe(index) == 63
+    assert [r["k"] for r in IndexWriter(index).read_rows()] == [str(i) for i in range(63, 70)]
+
+
+def test_a_bad_byte_cuts_the_record_holding_it(tmp_path: Path) -> None:
+    # The rows before the bad byte are counted (their duplicate too), the one
+    # holding it is not, whether it is cut inside or outside a quoted field.
+    index = tmp_path / "i.csv"
+    for tail in (b"c,caf\xe9\n", b'c,"caf\xe9"\n', b"c\xe9,x\n"):
+        index.write_bytes(b"path,k\r\na,1\r\n\r\nb,2\r\na,3\r\n" + tail)
+        report = check_index(index)
+        assert (report.rows, report.duplicate_rows) == (3, 1), tail
+        assert report.problems[0].startswith("not UTF-8: byte 0xe9 at line 6"), tail
+        assert report.notes[-2:] == ["1 blank line (ignored by readers)", "CR LF line endings "
+                                     "(kept by writers)"], tail  # fmt: skip
+
+
+def test_dedupe_refused_is_an_index_writer_error_with_the_report(tmp_path: Path) -> None:
+    import pickle
+
+    index = tmp_path / "i.csv"
+    index.write_bytes(b"path,k\na,1\na,2,3\n")
+    with pytest.raises(IndexWriterError) as info:
+        dedupe(index)
+    error = info.value
+    assert isinstance(error, DedupeRefusedError)
+    assert error.index_path == index
+    assert error.report.blocking
+    assert str(error) == (
+        f"{index}: not removing duplicates from a malformed index: "
+        "1 row has more fields than the header's 2: line 3"
+    )
+    again = pickle.loads(pickle.dumps(error))
+    assert (str(again), again.report) == (str(error), error.report)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",  # not text
+        b'{"path": "a.nii", "k": 1}\n',  # a JSON file: no path column
+        b"file,k\na,1\na,2\n",  # an index of another path column
+    ],
+)
+def test_dedupe_of_a_file_that_is_no_index_creates_nothing(tmp_path: Path, content: bytes) -> None:
+    index = tmp_path / "data.bin"
+    index.write_bytes(content)
+    with pytest.raises(DedupeRefusedError) as info:
+        dedupe(index)
+    assert info.value.report.blocking
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+    assert index.read_bytes() == content
+
+
+PEAK_RSS = """
+import resource, sys
+from index_writer import check_index
+
+def peak_kb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+before = peak_kb()
+report = check_index(sys.argv[1])
+print(report.rows, report.duplicate_rows, peak_kb() - before)
+"""
+
+
+@pytest.mark.slow
+def test_check_memory_is_bounded_by_the_row_not_the_file(tmp_path: Path) -> None:
+    """300k rows (about 26 MB): the check needs a few bytes per row, not the file."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("resource")
+    index = tmp_path / "i.csv"
+    rows = 300_000
+    IndexWriter(index).write_entries(
+        (f"output/sub-{i:07d}/image_{i}.nii.gz", {"subject": f"s{i % 1000}", "qc": "a,b"})
+        for i in range(rows)
+    )
+    with index.open("a") as f:
+        f.write("output/sub-0000005/image_5.nii.gz,again,x\n")
+    size_kb = index.stat().st_size // 1024
+    r = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(index)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    count, duplicates, growth_kb = map(int, r.stdout.split())
+    assert (count, duplicates) == (rows + 1, 1)
+    # 8 bytes a row for the path hashes plus a 4-byte-a-row bitmap: about 4 MB.
+    assert growth_kb < size_kb // 3, f"peak grew by {growth_kb} KB for a {size_kb} KB file"
+
+
+def test_blank_lines_longer_than_a_read_block(tmp_path: Path) -> None:
+    # More than a megabyte of blank lines; the lone LF first puts the reads'
+    # block boundary in the middle of a CR LF, which still counts as one.
+    index = tmp_path / "i.csv"
+    index.write_bytes(b"path\n" + b"\n" + b"\r\n" * 600_000 + b"a\n")
+    report = check_index(index)
+    assert (report.clean, report.rows) == (True, 1)
+    assert report.notes == [
+        "600001 blank lines (ignored by readers)",
+        "mixed line endings: 600000 CR LF, 3 LF",
+    ]
+
+
+pieces = st.sampled_from(
+    ["a", "b", "a,b", '"x,y"', '"q""q"', '"l1\nl2"', '"c\rr"', "", ",", "é", "\n", "\r\n", "\r"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(pieces, max_size=40), st.booleans())
+def test_the_streaming_check_agrees_with_reading_it_all_at_once(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[str], bom: bool
+) -> None:
+    """For any well-formed file: rows, widths and duplicates as csv.reader sees them."""
+    import io
+
+    text = "path,k\n" + "".join(parts)
+    index = tmp_path_factory.mktemp("stream") / "i.csv"
+    index.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    try:
+        records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:
+        return  # malformed: covered by the examples above
+    rows = [r for r in records[1:] if r]
+    paths = [r[0] for r in rows]
+    report = check_index(index)
+    assert report.rows == len(rows)
+    assert report.columns == ["path", "k"]
+    assert report.duplicate_rows == len(paths) - len(set(paths))
+    wide = sum(len(r) > 2 for r in rows)
+    assert bool(report.blocking) == (wide > 0)
+    assert report.clean == (not wide and len(set(paths)) == len(paths) and text.endswith(
+        ("\n", "\r")
+    ))

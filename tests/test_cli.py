@@ -14,16 +14,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from _cli_run import console_script, run
 from index_writer import IndexWriter
-from index_writer._cli import (
-    build_context,
-    build_parser,
-    main,
-    parse_json_object,
-    parse_key_value,
-)
+from index_writer._cli import main
 
 
 def csv_rows(path: Path) -> list[list[str]]:
@@ -36,43 +32,54 @@ def index(tmp_path: Path) -> Path:
     return tmp_path / "index.csv"
 
 
-# ------------------------------------------------------------ parsing (in-process)
+# ------------------------------------------------------------ arguments (in-process)
+
+
+def add_rows(index: Path, *words: str) -> tuple[int, list[dict[str, str]]]:
+    """Run ``add INDEX *words`` in-process; return its status and the rows then."""
+    code = main(["add", str(index), *words])
+    return code, IndexWriter(index).read_rows()
 
 
 @pytest.mark.parametrize(
-    ("word", "expected"),
-    [
-        ("k=v", ("k", "v")),
-        ("k=a=b", ("k", "a=b")),
-        ("k=", ("k", "")),
-        ("k= spaced ", ("k", " spaced ")),
-    ],
+    ("word", "value"),
+    [("k=v", "v"), ("k=a=b", "a=b"), ("k=", ""), ("k= spaced ", " spaced ")],
 )
-def test_key_value_splits_at_first_equals(word: str, expected: tuple[str, str]) -> None:
-    assert parse_key_value(word) == expected
+def test_key_value_splits_at_first_equals(index: Path, word: str, value: str) -> None:
+    assert add_rows(index, "p", word) == (0, [{"path": "p", "k": value}])
 
 
 @pytest.mark.parametrize(("word", "why"), [("novalue", "no '='"), ("=v", "empty key")])
-def test_bad_key_value(word: str, why: str) -> None:
-    with pytest.raises(ValueError, match=why):
-        parse_key_value(word)
+def test_bad_key_value(
+    index: Path, word: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["add", str(index), "p", word]) == 2
+    assert f"expected KEY=VALUE, got {word!r} ({why})" in capsys.readouterr().err
+    assert not index.exists()
 
 
-def test_json_object_values() -> None:
-    got = parse_json_object(
+def test_json_object_values(index: Path) -> None:
+    code, rows = add_rows(
+        index,
+        "p",
+        "--json",
         '{"s": "a,\\"b\\"\\r\\nc", "i": 3, "f": 0.5, "t": true, "n": null, '
-        '"l": [1, "x"], "o": {"k": 1}, "u": "\\u00e9"}'
+        '"l": [1, "x"], "o": {"k": 1}, "u": "\\u00e9"}',
     )
-    assert got == {
-        "s": 'a,"b"\r\nc',
-        "i": "3",
-        "f": "0.5",
-        "t": "true",
-        "n": "",
-        "l": '[1,"x"]',
-        "o": '{"k":1}',
-        "u": "é",
-    }
+    assert code == 0
+    assert rows == [
+        {
+            "path": "p",
+            "s": 'a,"b"\r\nc',
+            "i": "3",
+            "f": "0.5",
+            "t": "true",
+            "n": "",
+            "l": '[1,"x"]',
+            "o": '{"k":1}',
+            "u": "é",
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -85,48 +92,33 @@ def test_json_object_values() -> None:
         ('{"a": 1, "a": 2}', "key 'a' given twice"),
     ],
 )
-def test_bad_json(text: str, why: str) -> None:
-    with pytest.raises(ValueError, match=why):
-        parse_json_object(text)
+def test_bad_json(index: Path, text: str, why: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["add", str(index), "p", "--json", text]) == 2
+    assert f"--json: {why}" in capsys.readouterr().err
+    assert not index.exists()
 
 
-def test_context_order_and_conflicts() -> None:
-    assert build_context("p", ["b=1", "a=2"], '{"c": "3"}') == {
-        "b": "1",
-        "a": "2",
-        "c": "3",
-    }
+def test_context_order_and_conflicts(index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, rows = add_rows(index, "p", "b=1", "a=2", "--json", '{"c": "3"}')
+    assert code == 0
+    assert list(rows[0].items()) == [("path", "p"), ("b", "1"), ("a", "2"), ("c", "3")]
     # The path column may repeat PATH (dropped), never contradict it.
-    assert build_context("p", ["path=p", "x=1"], None) == {"x": "1"}
-    with pytest.raises(ValueError, match="path column"):
-        build_context("p", ["path=q"], None)
-    with pytest.raises(ValueError, match="path column"):
-        build_context("p", [], '{"file": "q"}', filepath_column="file")
-    with pytest.raises(ValueError, match="more than once"):
-        build_context("p", ["a=1", "a=2"], None)
-    with pytest.raises(ValueError, match="more than once"):
-        build_context("p", ["a=1"], '{"a": "1"}')
+    assert add_rows(index, "q", "path=q", "a=1")[0] == 0
+    for words, why in [
+        (["r", "path=other"], "'path' is the path column"),
+        (["r", "--json", '{"file": "x"}', "--filepath-column", "file"], "'file' is the path"),
+        (["r", "a=1", "a=2"], "key 'a' given more than once"),
+        (["r", "a=1", "--json", '{"a": "1"}'], "key 'a' given more than once"),
+    ]:
+        assert main(["add", str(index), *words]) == 2
+        assert why in capsys.readouterr().err
+    assert [r["path"] for r in IndexWriter(index).read_rows()] == ["p", "q"]
 
 
-def test_parser_defaults() -> None:
-    parser = build_parser()
-    demo = parser.parse_args(["demo"])
-    assert (demo.workers, demo.entries, demo.index, demo.engine, demo.compare) == (
-        12,
-        1000,
-        None,
-        "processes",
-        False,
-    )
-    add = parser.parse_args(
-        ["add", "i.csv", "p", "a=1", "--replace", "--strict", "--timeout", "2.5"]
-    )
-    assert (add.replace, add.strict, add.timeout, add.durable) == (True, True, 2.5, False)
-    assert add.filepath_column == "path"
-    show = parser.parse_args(["show", "i.csv", "--columns", "a, b", "--format", "json"])
-    assert (show.columns, show.format) == (["a", "b"], "json")
-    check = parser.parse_args(["check", "i.csv", "--dedupe"])
-    assert check.dedupe
+def test_options_in_any_order(index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["add", "--timeout", "2.5", str(index), "p", "a=1", "--replace", "b=2"]) == 0
+    assert main(["show", str(index), "--columns", "b, path", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"b": "2", "path": "p"}]
 
 
 @pytest.mark.parametrize(
@@ -139,15 +131,15 @@ def test_parser_defaults() -> None:
         (["demo", "--engine", "fibers"], "invalid choice"),
         (["demo", "--verify-only"], "--verify-only needs --index"),
         (["add", "i.csv"], "required: PATH"),
-        (["add", "i.csv", "p", "--timeout", "-1"], "must be a number >= 0"),
-        (["add", "i.csv", "p", "--timeout", "nan"], "must be a number >= 0"),
+        (["add", "i.csv", "p", "--timeout", "-1"], "expected a number of seconds >= 0"),
+        (["add", "i.csv", "p", "--timeout", "nan"], "or inf to wait forever; got 'nan'"),
         (["add", "i.csv", "p", "oops"], "expected KEY=VALUE"),
         (["add", "i.csv", "p", "--json", "{"], "not valid JSON"),
         (["add", "i.csv", "p", "--filepath-column", ""], "must not be empty"),
         (["show"], "required: INDEX"),
         (["show", "i.csv", "--format", "xml"], "invalid choice"),
         (["show", "i.csv", "--columns", "a,,b"], "comma-separated column names"),
-        (["check", "i.csv", "--timeout", "soon"], "not a number of seconds"),
+        (["check", "i.csv", "--timeout", "soon"], "got 'soon'"),
     ],
 )
 def test_bad_arguments_exit_2_with_usage(
@@ -277,12 +269,7 @@ def test_add_to_malformed_index(index: Path) -> None:
     assert index.read_bytes() == before
 
 
-def test_add_missing_directory_or_directory_index(tmp_path: Path) -> None:
-    r = run("add", tmp_path / "nowhere" / "index.csv", "a")
-    assert r.returncode == 1
-    assert "nowhere" in r.stderr
-    assert "does not exist" in r.stderr
-    assert not (tmp_path / "nowhere").exists()
+def test_add_to_a_directory(tmp_path: Path) -> None:
     r = run("add", tmp_path, "a")
     assert r.returncode == 1
     assert f"{tmp_path}: is a directory" in r.stderr
@@ -624,3 +611,237 @@ def test_add_accepts_options_between_key_values(tmp_path: Path) -> None:
     assert main(["add", str(index), "y.nii", "--strict", "new=1"]) == 1  # schema mismatch
     assert main(["add", str(index), "z.nii", "--bogus"]) == 2
     assert index.read_text() == "path,a\nx.nii,1\n"
+
+
+# ------------------------------------------------------- shell users' mistakes
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def test_add_creates_the_index_directory_like_the_library(tmp_path: Path) -> None:
+    index = tmp_path / "out" / "sub" / "index.csv"
+    r = run("add", index, "out/sub-01_CT.nii.gz", "subject=sub-01")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert csv_rows(index) == [["path", "subject"], ["out/sub-01_CT.nii.gz", "sub-01"]]
+    # The same as IndexWriter(...).write_entry(...) on a missing directory.
+    other = tmp_path / "py" / "sub" / "index.csv"
+    IndexWriter(other).write_entry("out/sub-01_CT.nii.gz", {"subject": "sub-01"})
+    assert other.read_bytes() == index.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "why"),
+    [
+        ("data.json", b'{"subject": "s1", "k": 1}\n', "has no 'path' column"),
+        ("notes.txt", b"just some text\nmore text\n", "has no 'path' column"),
+        ("files.csv", b"file,k\na.nii,1\n", "has no 'path' column (its columns: file, k)"),
+        ("c.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00", "not a CSV index: line 1:"),
+        ("dup.csv", b"path,path\na,b\n", "not a CSV index: line 1: duplicate column name"),
+    ],
+)
+def test_add_refuses_a_file_that_is_no_index(
+    tmp_path: Path, name: str, content: bytes, why: str
+) -> None:
+    target = tmp_path / name
+    target.write_bytes(content)
+    r = run("add", target, "f.nii", "a=1")
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.startswith(f"index-writer: error: {target}: ")
+    assert why in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert target.read_bytes() == content
+    assert _files(tmp_path) == [name]  # not even a lock file
+
+
+def test_add_to_an_empty_or_blank_file_writes_the_header(tmp_path: Path) -> None:
+    for content in (b"", b"\n\r\n", b"\xef\xbb\xbf"):
+        index = tmp_path / "index.csv"
+        index.write_bytes(content)
+        assert run("add", index, "a.nii", "k=1").returncode == 0
+        assert [r["path"] for r in IndexWriter(index).read_rows()] == ["a.nii"]
+        index.unlink()
+
+
+def test_add_with_another_path_column_needs_filepath_column(tmp_path: Path) -> None:
+    index = tmp_path / "files.csv"
+    index.write_text("file,k\na.nii,1\n")
+    r = run("add", index, "b.nii", "k=2")
+    assert r.returncode == 1
+    assert "--filepath-column" in r.stderr
+    assert run("add", index, "b.nii", "k=2", "--filepath-column", "file").returncode == 0
+    assert index.read_text() == "file,k\na.nii,1\nb.nii,2\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["add", "t/i.csv", "", "a=1"], "PATH is empty"),
+        (["add", "", "f.nii", "a=1"], "INDEX is empty"),
+    ],
+)
+def test_add_refuses_empty_words(argv: list[str], message: str, tmp_path: Path) -> None:
+    """An unset "$out" in a batch script must not record an empty path."""
+    r = run(*argv, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.splitlines()[-1].startswith(f"index-writer add: error: {message}")
+    assert _files(tmp_path) == []
+
+
+def test_add_without_path_says_only_path_is_required(tmp_path: Path) -> None:
+    r = run("add", tmp_path / "i.csv")
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == (
+        "index-writer add: error: the following arguments are required: PATH"
+    )
+
+
+def test_add_strict_speaks_to_the_shell(index: Path) -> None:
+    assert run("add", index, "a", "k=1").returncode == 0
+    r = run("add", index, "b", "k=2", "extra=3", "--strict")
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"index-writer: error: Schema mismatch in index file '{index}'. "
+        "Missing fields: ['extra']. Run without --strict to add these columns.\n"
+    )
+    assert "merge_columns" not in r.stderr
+
+
+def test_replace_help_says_the_whole_row_is_replaced(
+    capsys: pytest.CaptureFixture[str], index: Path
+) -> None:
+    assert main(["add", "--help"]) == 0
+    assert "replace the whole row holding PATH" in " ".join(capsys.readouterr().out.split())
+    run("add", index, "a", "k=1", "note=x")
+    run("add", index, "a", "k=2", "--replace")
+    assert IndexWriter(index).read_rows() == [{"path": "a", "k": "2", "note": ""}]
+
+
+@pytest.mark.parametrize("command", ["add", "show", "check"])
+@pytest.mark.parametrize("value", ["inf", "Infinity", "1e10", "0", "2.5"])
+def test_timeout_accepts_any_number_of_seconds_and_inf(
+    index: Path, command: str, value: str
+) -> None:
+    IndexWriter(index).write_entry("a", {"k": 1})
+    extra = {"add": ["b", "k=2"], "show": [], "check": ["--dedupe"]}[command]
+    r = run(command, index, *extra, "--timeout", value)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["add", "show", "check"])
+@pytest.mark.parametrize("value", ["-1", "-inf", "nan", "soon", "", "1e400x"])
+def test_timeout_refuses_anything_else(tmp_path: Path, command: str, value: str) -> None:
+    words = {"add": ["i.csv", "f.nii"], "show": ["i.csv"], "check": ["i.csv", "--dedupe"]}
+    r = run(command, *words[command], f"--timeout={value}", cwd=tmp_path)
+    assert r.returncode == 2
+    last = r.stderr.splitlines()[-1]
+    assert last.startswith(f"index-writer {command}: error: argument --timeout: expected")
+    assert "or inf to wait forever" in last
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [["show"], ["check"], ["check", "--dedupe"]])
+def test_reading_a_file_that_is_no_index_creates_nothing(tmp_path: Path, argv: list[str]) -> None:
+    png = tmp_path / "c.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00")
+    r = run(argv[0], png, *argv[1:])
+    assert r.returncode == 1
+    assert "UTF-8" in r.stdout + r.stderr
+    assert _files(tmp_path) == ["c.png"]
+
+
+@pytest.mark.parametrize("argv", [["show"], ["check"], ["check", "--dedupe"]])
+def test_reading_a_missing_path_creates_nothing(tmp_path: Path, argv: list[str]) -> None:
+    missing = tmp_path / "no" / "such" / "index.csv"
+    r = run(argv[0], missing, *argv[1:])
+    assert r.returncode == 1
+    assert r.stderr == f"index-writer: error: {missing}: no such file\n"
+    assert _files(tmp_path) == []
+
+
+def test_show_and_check_say_the_same_about_an_unterminated_quote(index: Path) -> None:
+    index.write_bytes(b'path,k\na,1\nb,"open\nc,3\n')
+    message = (
+        "unterminated quote: the quoted field opened on line 3 never closes "
+        "(the rest of the file is inside it)"
+    )
+    shown = run("show", index)
+    checked = run("check", index)
+    assert (shown.returncode, checked.returncode) == (1, 1)
+    assert shown.stderr.rstrip("\n").endswith(f"line 3: {message}")
+    assert f"  problem: {message}\n" in checked.stdout
+
+
+# ------------------------------------------------------ show --format csv is exact
+
+
+AWKWARD = [
+    "line1\rline2",
+    "line1\r\nline2",
+    "line1\nline2",
+    'say "hi"',
+    "  padded  ",
+    " ",
+    "",
+    "a,b",
+    '"',
+    "\r",
+    "é€😀",
+]
+
+
+def test_show_csv_is_exact_for_awkward_values(index: Path) -> None:
+    IndexWriter(index).write_entries((f"f{i}", {"v": v}) for i, v in enumerate(AWKWARD))
+    r = run("show", index, "--format", "csv")
+    assert r.returncode == 0
+    assert r.stdout.startswith('path,v\nf0,"line1\rline2"\nf1,"line1\r\nline2"\n')
+    back = list(csv.reader(io.StringIO(r.stdout, newline=""), strict=True))
+    assert back == [["path", "v"]] + [[f"f{i}", v] for i, v in enumerate(AWKWARD)]
+    # A single empty column is written as "" so that it is not a blank line.
+    r = run("show", index, "--columns", "v")
+    assert r.stdout == (
+        'v\n"line1\rline2"\n"line1\r\nline2"\n"line1\nline2"\n"say ""hi"""\n  padded  \n'
+        ' \n""\n"a,b"\n""""\n"\r"\né€😀\n'
+    )
+
+
+# Any text a CSV value can hold (no NUL, no lone surrogates), rich in the
+# characters that need quoting and in spaces.
+csv_values = st.text(
+    alphabet=st.one_of(
+        st.sampled_from(',"\r\n \t'),
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    ),
+    max_size=10,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    entries=st.lists(
+        st.tuples(csv_values.filter(bool), st.dictionaries(st.sampled_from("abc"), csv_values)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_show_csv_parses_back_to_read_rows(
+    tmp_path_factory: pytest.TempPathFactory, entries: list[tuple[str, dict[str, str]]]
+) -> None:
+    import contextlib
+
+    index = tmp_path_factory.mktemp("show") / "index.csv"
+    writer = IndexWriter(index)
+    writer.write_entries(entries)
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="")
+    with contextlib.redirect_stdout(out):
+        assert main(["show", str(index), "--format", "csv"]) == 0
+    out.flush()
+    data = out.buffer.getvalue()  # type: ignore[attr-defined]
+    rows = writer.read_rows()
+    back = list(csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True))
+    assert back[0] == list(rows[0])
+    assert [dict(zip(back[0], r, strict=True)) for r in back[1:]] == rows

@@ -289,6 +289,27 @@ def test_cli_page_has_current_help() -> None:
     )
 
 
+@pytest.mark.parametrize("name", sorted(cli_help()))
+def test_cli_page_matches_the_installed_command(name: str) -> None:
+    """The console script prints the documented help for the command and each subcommand."""
+    from _cli_run import console_script
+
+    documented = {b.label: b.text for b in blocks(CLI_PAGE) if b.label}
+    r = subprocess.run(
+        [*console_script(), *name.split()[1:], "--help"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (r.returncode, r.stderr) == (0, "")
+    assert _words(_ANSI.sub("", r.stdout)) == _words(documented[name]), (
+        f"docs/cli.md shows other help for {name} than the command prints; "
+        "run: python tests/test_docs.py --update"
+    )
+
+
 def test_cli_page_has_an_example_per_subcommand() -> None:
     page = CLI_PAGE.read_text(encoding="utf-8")
     parser = build_parser()

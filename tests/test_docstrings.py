@@ -12,7 +12,7 @@ import index_writer
 
 MODULES = sorted(
     name
-    for _, name, _ in pkgutil.iter_modules(index_writer.__path__, "index_writer.")
+    for _, name, _ in pkgutil.walk_packages(index_writer.__path__, "index_writer.")
     if name != "index_writer.__main__"
 )
 
@@ -36,6 +36,11 @@ def test_public_api_has_examples() -> None:
         index_writer.IndexWriteError,
         index_writer.IndexSchemaMismatchError,
         index_writer.IndexLockTimeoutError,
+        index_writer.check_index,
+        index_writer.CheckReport,
+        index_writer.CheckReport.summary,
+        index_writer.dedupe,
+        index_writer.DedupeRefusedError,
     ):
         tests = finder.find(obj, obj.__qualname__)
         assert any(t.examples for t in tests), f"{obj.__qualname__} has no example"

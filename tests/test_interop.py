@@ -3,8 +3,9 @@
 The original is downloaded at test time (``pip download --no-deps
 med-imagetools==2.16.0``, cached under ``~/.cache/index-writer-tests`` or
 ``$INDEX_WRITER_TEST_CACHE``), and its ``imgtools/io/writers/index_writer.py``
-is loaded from the wheel by file path (it needs only fasteners). None of its
-code is part of this repository. Without network access the tests are skipped.
+is loaded from the wheel by file path (it needs only fasteners) by
+``_original.py``, the loader the benchmarks use too. None of its code is part
+of this repository. Without network access the tests are skipped.
 
 The original locks ``<index>.lock`` with fasteners (as we do), but re-sorts
 the columns alphabetically and rewrites the whole file in place with CR LF
@@ -16,21 +17,17 @@ from __future__ import annotations
 import csv
 import itertools
 import multiprocessing
-import os
-import subprocess
-import sys
 import threading
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from _original import OriginalUnavailable, load, source_path
 from _workers import (
     check_index,
     context_for,
     entry_path,
     fake_append_journal,
-    load_original,
     original_write_range,
     read_csv,
     thread_paths,
@@ -38,53 +35,20 @@ from _workers import (
 )
 from index_writer import IndexLockTimeoutError, IndexWriter
 
-VERSION = "2.16.0"
-WHEEL = f"med_imagetools-{VERSION}-py3-none-any.whl"
-MEMBER = "imgtools/io/writers/index_writer.py"
 FORK = multiprocessing.get_context("fork")
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("INDEX_WRITER_TEST_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "index-writer-tests"
-
-
 @pytest.fixture(scope="session")
-def original_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+def original_file() -> str:
     """Path of the original ``index_writer.py``, extracted from the cached wheel."""
-    cache = _cache_dir()
-    wheel = cache / WHEEL
-    if not wheel.exists():
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            r = subprocess.run(
-                [
-                    sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                    "--disable-pip-version-check", f"med-imagetools=={VERSION}", "-d", str(cache),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=180,
-            )  # fmt: skip
-        except (OSError, subprocess.SubprocessError) as e:
-            pytest.skip(f"cannot download med-imagetools=={VERSION} with pip: {e}")
-        if r.returncode != 0 or not wheel.exists():
-            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-            pytest.skip(
-                f"cannot download med-imagetools=={VERSION} with pip (package index "
-                f"unreachable?): {' | '.join(tail)}"
-            )
-    out = tmp_path_factory.mktemp("original") / "index_writer.py"
-    with zipfile.ZipFile(wheel) as z:
-        out.write_bytes(z.read(MEMBER))
-    return str(out)
+    try:
+        return str(source_path())
+    except OriginalUnavailable as e:
+        pytest.skip(str(e))
 
 
 def test_original_loads(original_file: str) -> None:
-    mod = load_original(original_file)
+    mod = load(original_file)
     assert {"IndexWriter", "IndexWriteError", "IndexSchemaMismatchError"} <= set(vars(mod))
 
 
@@ -134,7 +98,7 @@ def test_original_and_ours_write_concurrently(tmp_path: Path, original_file: str
 def test_ours_reads_and_extends_files_written_by_original(
     tmp_path: Path, original_file: str
 ) -> None:
-    orig = load_original(original_file)
+    orig = load(original_file)
     index = tmp_path / "index.csv"
     ow = orig.IndexWriter(index)
     tricky = {"note": 'a, "quoted" value, é ✓', "score": 0.5, "n": 3}
@@ -192,7 +156,7 @@ def test_original_waits_for_our_lock(tmp_path: Path, original_file: str) -> None
     """The original blocks while one of our writers (another process) holds the lock."""
     from _workers import hold_writer_lock_until_told
 
-    orig = load_original(original_file)
+    orig = load(original_file)
     index = tmp_path / "index.csv"
     IndexWriter(index).write_entry("ours.nii", {"a": 1})
     parent, kid = FORK.Pipe()
@@ -235,7 +199,7 @@ def test_our_torn_append_then_original_writes(
     """
 
 
-    orig = load_original(original_file)
+    orig = load(original_file)
     index = tmp_path / "index.csv"
     base = [entry_path("plain-b", i) for i in range(5)]
     if first == "original":

@@ -47,8 +47,14 @@ def test_public_names_and_hierarchy() -> None:
         "IndexWriteError",
         "IndexSchemaMismatchError",
         "IndexLockTimeoutError",
+        # Checking and de-duplicating (tests/test_check.py).
+        "check_index",
+        "CheckReport",
+        "dedupe",
+        "DedupeRefusedError",
     }
     for cls in (
+        index_writer.DedupeRefusedError,
         IndexReadError,
         IndexWriteError,
         IndexSchemaMismatchError,

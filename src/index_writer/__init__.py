@@ -8,6 +8,7 @@ import line, keep the rest::
     IndexWriter("index.csv").write_entry("out/a.nii.gz", {"subject": "s1"})
 """
 
+from ._check import CheckReport, DedupeRefusedError, check_index, dedupe
 from ._errors import (
     IndexLockTimeoutError,
     IndexReadError,
@@ -18,12 +19,16 @@ from ._errors import (
 from ._writer import IndexWriter
 
 __all__ = [
+    "CheckReport",
+    "DedupeRefusedError",
     "IndexLockTimeoutError",
     "IndexReadError",
     "IndexSchemaMismatchError",
     "IndexWriteError",
     "IndexWriter",
     "IndexWriterError",
+    "check_index",
+    "dedupe",
 ]
 
 __version__ = "0.1.0"

@@ -7,8 +7,8 @@ processes (or threads) runs one task per entry; each task makes a fresh
 Afterwards :func:`verify_index` reads the index back and checks that every
 entry is there exactly once, with every column and plausible values.
 
-The same workload can run with the read-all/rewrite-all strategy
-(:class:`~index_writer._naive.RewriteAllIndexWriter`) for comparison.
+:func:`run_workload` takes another ``task`` too: ``benchmarks/rewrite_all.py``
+runs the same workload with the read-all/rewrite-all strategy for comparison.
 
 Examples
 --------
@@ -16,19 +16,18 @@ Examples
 >>> index = Path(tempfile.mkdtemp()) / "index.csv"
 >>> result = run_workload(index, workers=2, entries=20, engine="threads")
 >>> result.errors, verify_index(index, 20)
-([], [])
+([], (20, []))
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
 import math
 import multiprocessing
 import multiprocessing.pool
 import os
 import random
+import re
 import signal
 import time
 from collections import Counter
@@ -36,14 +35,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Literal
 
 from ._errors import IndexWriterError
+from ._progress import Progress
 
 __all__ = [
     "DEMO_COLUMNS",
     "MODALITIES",
-    "Progress",
+    "START_METHODS",
     "RunResult",
     "demo_path",
     "generate_context",
@@ -54,10 +54,31 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Engine = Literal["processes", "threads"]
-Strategy = Literal["index-writer", "rewrite-all"]
+#: One pool task: ``(index_path, i)`` -> an error text, or None on success.
+Task = Callable[[tuple[str, int]], str | None]
 
 MODALITIES = ("CT", "MR", "SEG")
 DEMO_COLUMNS = ("path", "subject_id", "modality", "timestamp", "quality_score")
+#: How worker processes can be started (:mod:`multiprocessing` start methods).
+START_METHODS = ("fork", "spawn", "forkserver")
+_DEMO_PATH = re.compile(r"output/fake_file_(\d+)\.nii\.gz")
+
+
+def default_start_method() -> str:
+    """``"forkserver"`` where the platform has it (POSIX), else ``"spawn"`` (Windows).
+
+    Both start workers without copying the parent's threads and locks; it is
+    Python 3.14's default on Linux, chosen here on every Python version so the
+    demo behaves the same everywhere.
+
+    Examples
+    --------
+    >>> default_start_method() in ("forkserver", "spawn")
+    True
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        return "forkserver"
+    return "spawn"
 
 
 def demo_path(i: int) -> str:
@@ -100,147 +121,9 @@ def _task_index_writer(task: tuple[str, int]) -> str | None:
     return None
 
 
-def _task_rewrite_all(task: tuple[str, int]) -> str | None:
-    """The same task with the read-all/rewrite-all writer."""
-    from ._naive import RewriteAllIndexWriter
-
-    index_path, i = task
-    try:
-        RewriteAllIndexWriter(index_path).write_entry(demo_path(i), generate_context(i))
-    except Exception as exc:  # the baseline may fail in any way; count it
-        return f"{demo_path(i)}: {type(exc).__name__}: {exc}"
-    return None
-
-
 def _ignore_sigint() -> None:
     """Pool workers leave Ctrl-C to the parent, which stops the pool quietly."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-_TASKS: dict[Strategy, Callable[[tuple[str, int]], str | None]] = {
-    "index-writer": _task_index_writer,
-    "rewrite-all": _task_rewrite_all,
-}
-
-
-class Progress:
-    """Progress of a run, written to a text stream (normally stderr).
-
-    On a terminal it uses ``tqdm`` when that is installed, else one line
-    rewritten in place at most ten times a second. Elsewhere (a log file, a
-    pipe, a batch job) it writes a plain line at most every ``interval``
-    seconds and one at the end. Write errors (a closed stream) switch it off
-    silently: progress must never break a run.
-
-    Parameters
-    ----------
-    total : int
-        Number of steps expected.
-    label : str
-        Text in front of the count.
-    stream : TextIO or None
-        Where to write; ``None`` disables output.
-    interval : float, optional
-        Seconds between plain lines when ``stream`` is not a terminal.
-    use_tqdm : bool, optional
-        Allow ``tqdm`` on a terminal.
-
-    Examples
-    --------
-    >>> import io
-    >>> out = io.StringIO()
-    >>> with Progress(3, "demo", out) as progress:
-    ...     for _ in range(3):
-    ...         progress.update()
-    >>> print(out.getvalue(), end="")
-    demo: 3/3 (100%) in 0.0 s
-    """
-
-    def __init__(
-        self,
-        total: int,
-        label: str,
-        stream: TextIO | None,
-        *,
-        interval: float = 5.0,
-        use_tqdm: bool = True,
-    ) -> None:
-        self.total = total
-        self.label = label
-        self.done = 0
-        self._stream = stream
-        self._interval = interval
-        self._start = time.perf_counter()
-        self._last = self._start
-        self._tty = False
-        self._bar: Any = None
-        if stream is not None:
-            try:
-                self._tty = stream.isatty()
-            except (AttributeError, ValueError, OSError):
-                self._tty = False
-        if self._tty and use_tqdm:
-            self._bar = self._make_tqdm()
-
-    def _make_tqdm(self) -> Any:
-        try:
-            tqdm = importlib.import_module("tqdm").tqdm
-            return tqdm(total=self.total, desc=self.label, unit="entry", file=self._stream)
-        except Exception:  # not installed, or broken: fall back to plain lines
-            return None
-
-    def _write(self, text: str) -> None:
-        if self._stream is None:
-            return
-        try:
-            self._stream.write(text)
-            self._stream.flush()
-        except (OSError, ValueError):
-            self._stream = None
-
-    def _line(self) -> str:
-        pct = 100 * self.done // self.total if self.total else 100
-        elapsed = time.perf_counter() - self._start
-        return f"{self.label}: {self.done}/{self.total} ({pct}%) in {elapsed:.1f} s"
-
-    def update(self, n: int = 1) -> None:
-        """Record ``n`` more finished steps."""
-        self.done += n
-        if self._stream is None:
-            return
-        if self._bar is not None:
-            try:
-                self._bar.update(n)
-            except Exception:
-                self._bar = None
-            return
-        now = time.perf_counter()
-        if self._tty:
-            if now - self._last >= 0.1:  # close() draws the final state
-                self._last = now
-                self._write("\r" + self._line())
-        elif now - self._last >= self._interval and self.done < self.total:
-            self._last = now
-            self._write(self._line() + "\n")
-
-    def close(self) -> None:
-        """Finish the display: close the bar or write the final line."""
-        if self._bar is not None:
-            with contextlib.suppress(Exception):
-                self._bar.close()
-            self._bar = None
-            return
-        if self._tty:
-            self._write("\r" + self._line() + "\n")
-        else:
-            self._write(self._line() + "\n")
-        self._stream = None
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass
@@ -249,10 +132,10 @@ class RunResult:
 
     Attributes
     ----------
-    strategy : str
-        ``"index-writer"`` or ``"rewrite-all"``.
     engine : str
         ``"processes"`` or ``"threads"``.
+    start_method : str or None
+        How the worker processes were started; None for threads.
     workers, entries : int
         Pool size and number of tasks.
     elapsed : float
@@ -262,8 +145,8 @@ class RunResult:
         One text per task that raised.
     """
 
-    strategy: str
     engine: str
+    start_method: str | None
     workers: int
     entries: int
     elapsed: float
@@ -281,8 +164,9 @@ def run_workload(
     workers: int = 12,
     entries: int = 1000,
     engine: Engine = "processes",
-    strategy: Strategy = "index-writer",
+    start_method: str | None = None,
     progress: Progress | None = None,
+    task: Task | None = None,
 ) -> RunResult:
     """Run the demo workload: ``entries`` tasks on a pool of ``workers``.
 
@@ -295,12 +179,18 @@ def run_workload(
     entries : int, optional
         Number of tasks; task ``i`` records :func:`demo_path` ``(i)``.
     engine : {"processes", "threads"}, optional
-        A :class:`multiprocessing.pool.Pool` of processes (default start
-        method) or a :class:`multiprocessing.pool.ThreadPool`.
-    strategy : {"index-writer", "rewrite-all"}, optional
-        This library, or the read-all/rewrite-all baseline.
+        A :class:`multiprocessing.pool.Pool` of processes or a
+        :class:`multiprocessing.pool.ThreadPool`.
+    start_method : {"fork", "spawn", "forkserver"}, optional
+        How to start worker processes; default :func:`default_start_method`.
+        ``ValueError`` if the platform does not have it.
     progress : Progress, optional
         Updated once per finished task.
+    task : Callable[[tuple[str, int]], str | None], optional
+        What task ``i`` runs, given ``(index_path, i)``; returns an error
+        text or None. The default (None) records :func:`demo_path` ``(i)`` with a new
+        :class:`~index_writer.IndexWriter`. With processes it must be a
+        module-level function (it is pickled by name).
 
     Returns
     -------
@@ -310,19 +200,23 @@ def run_workload(
     """
     if workers < 1 or entries < 0:
         raise ValueError("workers must be >= 1 and entries >= 0")
-    task = _TASKS[strategy]
     tasks = ((os.fspath(index_path), i) for i in range(entries))
     errors: list[str] = []
     start = time.perf_counter()
     pool: multiprocessing.pool.Pool
     if engine == "processes":
-        pool = multiprocessing.Pool(workers, initializer=_ignore_sigint)
+        start_method = start_method or default_start_method()
+        context = multiprocessing.get_context(start_method)
+        pool = context.Pool(workers, initializer=_ignore_sigint)
     elif engine == "threads":
+        start_method = None
         pool = multiprocessing.pool.ThreadPool(workers)
     else:
         raise ValueError(f"unknown engine {engine!r}")
     with pool:
-        results: Iterator[str | None] = pool.imap_unordered(task, tasks, chunksize=1)
+        results: Iterator[str | None] = pool.imap_unordered(
+            task or _task_index_writer, tasks, chunksize=1
+        )
         for error in results:
             if error is not None:
                 errors.append(error)
@@ -333,7 +227,7 @@ def run_workload(
     elapsed = time.perf_counter() - start
     if errors:
         logger.info("%d of %d tasks failed; first: %s", len(errors), entries, errors[0])
-    return RunResult(strategy, engine, workers, entries, elapsed, errors)
+    return RunResult(engine, start_method, workers, entries, elapsed, errors)
 
 
 def _value_problem(row: dict[str, str], i: int | None) -> str | None:
@@ -360,7 +254,9 @@ def _examples(items: list[str], limit: int = 3) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
-def verify_index(index_path: str | os.PathLike[str], entries: int) -> list[str]:
+def verify_index(
+    index_path: str | os.PathLike[str], entries: int | None = None
+) -> tuple[int, list[str]]:
     """Check a demo index: every entry exactly once, every column, sane values.
 
     Reads the index with :meth:`~index_writer.IndexWriter.read_rows` (a
@@ -375,32 +271,38 @@ def verify_index(index_path: str | os.PathLike[str], entries: int) -> list[str]:
     ----------
     index_path : str or os.PathLike
         The index the demo wrote.
-    entries : int
-        How many entries the demo wrote.
+    entries : int, optional
+        How many entries the demo wrote. By default, as many as the index
+        shows: one more than the highest entry number in it (so a lost entry
+        is found unless it is the last one), or its number of rows if it
+        holds no demo path at all.
 
     Returns
     -------
-    list[str]
-        One line per problem; empty when the index is correct.
+    tuple[int, list[str]]
+        The number of entries checked for, and one line per problem (none
+        when the index is correct).
 
     Examples
     --------
     >>> import tempfile
     >>> index = Path(tempfile.mkdtemp()) / "index.csv"
-    >>> verify_index(index, 5)[0].endswith("does not exist")
+    >>> verify_index(index, 5)[1][0].endswith("does not exist")
     True
     """
     from . import IndexWriter
 
     path = Path(index_path)
     if not path.exists():
-        return [f"{path} does not exist"]
+        return entries or 0, [f"{path} does not exist"]
     try:
         rows = IndexWriter(path).read_rows()
     except IndexWriterError as exc:
-        return [str(exc)]
+        return entries or 0, [str(exc)]
     except OSError as exc:
-        return [f"{path}: {exc.strerror or exc}"]
+        return entries or 0, [f"{path}: {exc.strerror or exc}"]
+    if entries is None:
+        entries = _entries_shown(rows)
 
     problems: list[str] = []
     if len(rows) != entries:
@@ -436,4 +338,11 @@ def verify_index(index_path: str | os.PathLike[str], entries: int) -> list[str]:
         problems.append(f"{len(empty)} row(s) with an empty column: {_examples(empty)}")
     if bad:
         problems.append(f"{len(bad)} row(s) with implausible values: {_examples(bad)}")
-    return problems
+    return entries, problems
+
+
+def _entries_shown(rows: list[dict[str, str]]) -> int:
+    """How many entries a demo index holds by the look of it (see verify_index)."""
+    numbers = (_DEMO_PATH.fullmatch(row.get("path", "")) for row in rows)
+    highest = max((int(m[1]) for m in numbers if m), default=None)
+    return len(rows) if highest is None else highest + 1

@@ -5,9 +5,9 @@ lock, read the whole index, merge the columns, append the row and write the
 whole file again. Every write costs O(rows), so a run of ``n`` writes costs
 O(n²); the lock belongs to the process, so threads of one process are not
 excluded; and the rewrite truncates the file in place, so a writer killed
-mid-rewrite loses rows. ``index-writer demo --compare`` and the benchmarks use
-it as the baseline. It is written for this project, not copied from any other.
-Do not use it for real work.
+mid-rewrite loses rows. ``benchmarks/rewrite_all.py`` runs the demo workload
+with it as the baseline. It is written for this project, not copied from any
+other. It is not part of the installed package; do not use it for real work.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pathlib import Path
 
 import fasteners
 
-__all__ = ["RewriteAllIndexWriter"]
+from index_writer._demo import demo_path, generate_context
+
+__all__ = ["RewriteAllIndexWriter", "rewrite_all_task"]
 
 
 class RewriteAllIndexWriter:
@@ -76,3 +78,13 @@ class RewriteAllIndexWriter:
                 writer = csv.DictWriter(f, fieldnames=columns, restval="")
                 writer.writeheader()
                 writer.writerows(rows)
+
+
+def rewrite_all_task(task: tuple[str, int]) -> str | None:
+    """One demo task with this writer (see ``index_writer._demo.run_workload``)."""
+    index_path, i = task
+    try:
+        RewriteAllIndexWriter(index_path).write_entry(demo_path(i), generate_context(i))
+    except Exception as exc:  # the baseline may fail in any way; count it
+        return f"{demo_path(i)}: {type(exc).__name__}: {exc}"
+    return None

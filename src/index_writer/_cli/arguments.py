@@ -1,0 +1,222 @@
+"""Turning command-line words into values: numbers, seconds, column lists, column values."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+#: Waits at least this long are waiting forever: no lock is held for 30 years,
+#: and longer deadlines overflow the platform's clocks and thread waits.
+FOREVER = min(1e9, threading.TIMEOUT_MAX / 2)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1.
+
+    Examples
+    --------
+    >>> positive_int("12")
+    12
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def timeout(text: str) -> float | None:
+    """An argparse type for ``--timeout``: seconds >= 0, or ``inf`` (None: wait forever).
+
+    Examples
+    --------
+    >>> timeout("2.5"), timeout("0"), timeout("inf")
+    (2.5, 0.0, None)
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds >= 0, or inf to wait forever; got {text!r}"
+        )
+    return None if value >= FOREVER else value
+
+
+def add_timeout_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--timeout S`` to ``parser``; ``what`` says what gives up after S seconds."""
+    parser.add_argument(
+        "--timeout",
+        type=timeout,
+        metavar="S",
+        help=f"{what} after S seconds waiting for the lock (a number, or inf: "
+        "wait forever, the default)",
+    )
+
+
+def add_filepath_column_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--filepath-column NAME`` to ``parser``."""
+    parser.add_argument(
+        "--filepath-column",
+        default="path",
+        metavar="NAME",
+        help="the column holding the paths ('path')",
+    )
+
+
+def column_list(text: str) -> list[str]:
+    """An argparse type: comma-separated column names, spaces around them dropped.
+
+    Examples
+    --------
+    >>> column_list("path, subject")
+    ['path', 'subject']
+    """
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    return names
+
+
+def parse_key_value(item: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE`` at the first ``=``.
+
+    Parameters
+    ----------
+    item : str
+        The command-line word.
+
+    Returns
+    -------
+    tuple[str, str]
+        The key (non-empty) and the value (may be empty, may contain ``=``).
+
+    Raises
+    ------
+    ValueError
+        No ``=``, or an empty key.
+
+    Examples
+    --------
+    >>> parse_key_value("note=a=b")
+    ('note', 'a=b')
+    >>> parse_key_value("empty=")
+    ('empty', '')
+    """
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"expected KEY=VALUE, got {item!r} (no '=')")
+    if not key:
+        raise ValueError(f"expected KEY=VALUE, got {item!r} (empty key)")
+    return key, value
+
+
+def _json_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_json_object(text: str) -> dict[str, str]:
+    """Parse ``--json``: a JSON object whose values become column values.
+
+    Strings are kept as they are, ``null`` becomes an empty value, anything
+    else (numbers, booleans, arrays, objects) its compact JSON text.
+
+    Parameters
+    ----------
+    text : str
+        The option's argument.
+
+    Returns
+    -------
+    dict[str, str]
+        Column values in the object's order.
+
+    Raises
+    ------
+    ValueError
+        Not valid JSON, not an object, or a key given twice.
+
+    Examples
+    --------
+    >>> parse_json_object('{"note": "a, \\\\"b\\\\"", "n": 1.5, "ok": true, "x": null}')
+    {'note': 'a, "b"', 'n': '1.5', 'ok': 'true', 'x': ''}
+    """
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"--json: key {key!r} given twice")
+            out[key] = value
+        return out
+
+    try:
+        obj = json.loads(text, object_pairs_hook=pairs_hook)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--json: not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"--json: expected a JSON object, got {type(obj).__name__}")
+    return {key: _json_text(value) for key, value in obj.items()}
+
+
+def build_context(
+    path: str,
+    pairs: Sequence[str],
+    json_text: str | None,
+    filepath_column: str = "path",
+) -> dict[str, str]:
+    """The ``context`` for ``add``: ``KEY=VALUE`` words, then ``--json``.
+
+    Parameters
+    ----------
+    path : str
+        The entry's path (a key equal to ``filepath_column`` must repeat it).
+    pairs : Sequence[str]
+        ``KEY=VALUE`` words.
+    json_text : str or None
+        The ``--json`` object.
+    filepath_column : str, optional
+        The path column.
+
+    Returns
+    -------
+    dict[str, str]
+        Column values, in the order given.
+
+    Raises
+    ------
+    ValueError
+        A malformed word or object, a key given twice, or the path column
+        given a different value than ``path``.
+
+    Examples
+    --------
+    >>> build_context("a.nii", ["subject=s1"], '{"note": "x,y"}')
+    {'subject': 's1', 'note': 'x,y'}
+    """
+    items = [parse_key_value(item) for item in pairs]
+    if json_text is not None:
+        items += parse_json_object(json_text).items()
+    context: dict[str, str] = {}
+    for key, value in items:
+        if key in context:
+            raise ValueError(f"key {key!r} given more than once")
+        if key == filepath_column:
+            if value != path:
+                raise ValueError(
+                    f"{key!r} is the path column: it holds PATH ({path!r}), not {value!r}"
+                )
+            continue
+        context[key] = value
+    return context

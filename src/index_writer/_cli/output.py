@@ -1,0 +1,144 @@
+"""Printing rows: as CSV, as JSON, or as an aligned table for terminals."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO, TextIO
+
+from .._table import format_row
+
+#: Longest cell shown by ``show --format table`` (in terminal columns).
+TABLE_CELL_MAX = 60
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def display_width(text: str) -> int:
+    """Terminal columns taken by ``text`` (wide East Asian characters count 2).
+
+    Examples
+    --------
+    >>> display_width("abc"), display_width("日本")
+    (3, 4)
+    """
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def cell(value: str, limit: int = TABLE_CELL_MAX) -> str:
+    """A value as a table cell: control characters escaped, cut to ``limit`` columns.
+
+    Examples
+    --------
+    >>> cell("a\\tb")
+    'a\\\\tb'
+    >>> cell("x" * 10, limit=6)
+    'xxx...'
+    """
+    if not value.isprintable():
+        value = "".join(
+            ch
+            if ch.isprintable()
+            else _ESCAPES.get(ch) or ch.encode("unicode_escape").decode("ascii")
+            for ch in value
+        )
+    if display_width(value) <= limit:
+        return value
+    out = []
+    width = 0
+    for ch in value:
+        w = display_width(ch)
+        if width + w > limit - 3:
+            break
+        out.append(ch)
+        width += w
+    return "".join(out) + "..."
+
+
+def table_lines(columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Iterator[str]:
+    """The lines of an aligned table: header, rule, one line per row, row count.
+
+    Examples
+    --------
+    >>> for line in table_lines(["path", "k"], [{"path": "a.nii", "k": "1"}]):
+    ...     print(line)
+    path   k
+    -----  -
+    a.nii  1
+    (1 row)
+    """
+    head = [cell(c) for c in columns]
+    body = [[cell(row[c]) for c in columns] for row in rows]
+    widths = [display_width(h) for h in head]
+    for cells in body:
+        for i, text in enumerate(cells):
+            widths[i] = max(widths[i], display_width(text))
+
+    def line(cells: list[str]) -> str:
+        padded = [c + " " * (w - display_width(c)) for c, w in zip(cells, widths, strict=True)]
+        return "  ".join(padded).rstrip()
+
+    yield line(head)
+    yield "  ".join("-" * w for w in widths)
+    for cells in body:
+        yield line(cells)
+    yield f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
+
+
+def write_table(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
+    """Print ``rows`` as an aligned table."""
+    for text in table_lines(columns, rows):
+        out.write(text + "\n")
+
+
+def write_json(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
+    """Print ``rows`` as a JSON list of objects holding ``columns``."""
+    json.dump([{c: row[c] for c in columns} for row in rows], out, ensure_ascii=False, indent=2)
+    out.write("\n")
+
+
+def csv_records(columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Iterator[str]:
+    """The CSV records of ``rows`` (header first), as the index format writes them.
+
+    Every value reads back exactly: fields holding a comma, a quote, CR or LF
+    are quoted, whatever else they hold (lone CR included), and a record of
+    one empty field is ``""`` so that it is not a blank line.
+
+    Examples
+    --------
+    >>> rows = [{"path": "a", "v": "x\\ry"}, {"path": "b", "v": " "}]
+    >>> list(csv_records(["path", "v"], rows))
+    ['path,v\\n', 'a,"x\\ry"\\n', 'b, \\n']
+    """
+    if not columns:
+        return
+    yield format_row(columns, "\n")
+    for row in rows:
+        yield format_row([row[c] for c in columns], "\n")
+
+
+def write_csv(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
+    """Print ``rows`` as CSV: UTF-8, LF line ends, exact for every value.
+
+    The bytes go to the stream's binary buffer when it has one, so no
+    newline translation (CR LF on Windows) changes the values.
+    """
+    raw: BinaryIO | None = getattr(out, "buffer", None)
+    if raw is None:
+        out.writelines(csv_records(columns, rows))
+        return
+    out.flush()
+    chunk: list[str] = []
+    for record in csv_records(columns, rows):
+        chunk.append(record)
+        if len(chunk) >= 1024:
+            raw.write("".join(chunk).encode("utf-8"))
+            chunk.clear()
+    raw.write("".join(chunk).encode("utf-8"))
+    raw.flush()
