@@ -34,6 +34,7 @@ import io
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -134,7 +135,9 @@ def _wait(fd: int, exclusive: bool, deadline: float | None) -> bool:
 def _take_mutex(mutex: Any, deadline: float | None) -> None:
     if deadline is None:
         mutex.acquire()
-    elif not mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        return
+    wait = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+    if not mutex.acquire(timeout=wait):
         raise LockTimeout("another thread of this process holds it")
 
 
