@@ -15,6 +15,7 @@ from ._errors import (
     IndexWriteError,
     IndexWriterError,
 )
+from ._imgtools import install_as_imgtools, uninstall_as_imgtools
 from ._writer import IndexWriter
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "IndexWriteError",
     "IndexWriter",
     "IndexWriterError",
+    "install_as_imgtools",
+    "uninstall_as_imgtools",
 ]
 
 __version__ = "0.1.0"
