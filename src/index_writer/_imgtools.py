@@ -121,10 +121,10 @@ def install_as_imgtools() -> None:
     and wrap them in its ``WriterIndexError`` as before.
 
     If med-imagetools is imported later, it is patched when it is imported.
-    Worker processes follow: the environment variable :data:`ENV_VAR` is set
-    to ``1`` for child processes, and a writer pickled here patches the
-    process that unpickles it (multiprocessing, loky/joblib, dask,
-    concurrent.futures).
+    Worker processes follow: the environment variable
+    ``INDEX_WRITER_AS_IMGTOOLS`` is set to ``1`` for child processes, and a
+    writer pickled here patches the process that unpickles it
+    (multiprocessing, loky/joblib, dask, concurrent.futures).
 
     Calling it again does nothing. :func:`uninstall_as_imgtools` undoes it.
 
@@ -137,7 +137,7 @@ def install_as_imgtools() -> None:
     -----
     UserWarning
         The installed med-imagetools is a release this was not tested with
-        (:data:`TESTED_VERSIONS`). The replacement is made anyway.
+        (tested: 2.16). The replacement is made anyway.
 
     Examples
     --------
@@ -171,10 +171,11 @@ def uninstall_as_imgtools() -> None:
 
     Restores the original ``IndexWriter`` and exception classes in
     ``imgtools.io.writers.index_writer`` and ``abstract_base_writer``,
-    removes the import hook and the pickling hook, and restores
-    :data:`ENV_VAR` for child processes started afterwards (it is removed if
-    it turned the replacement on). Also undoes an installation made at
-    start-up by the environment variable. Does nothing if not installed.
+    removes the import hook and the pickling hook, and restores the
+    environment variable ``INDEX_WRITER_AS_IMGTOOLS`` for child processes
+    started afterwards (it is removed if it turned the replacement on). Also
+    undoes an installation made at start-up by that variable. Does nothing if
+    not installed.
 
     Writers created while it was installed keep using index-writer, and
     worker processes already running stay as they are.
@@ -253,10 +254,16 @@ def _patch(module: ModuleType) -> None:
     originals = _state.saved.get(module)
     if originals is None:
         originals = _state.saved[module] = {}
+    # In the importing module, only what it imported from the source module.
+    source = sys.modules.get(_SOURCE) if module.__name__ == _USER else None
+    expected = _state.saved.get(source, {}) if source is not None else None
     replaced = []
     for name, ours in _OURS.items():
         current = module.__dict__.get(name, _MISSING)
         if current is _MISSING or current is ours:
+            continue
+        if expected is not None and current is not expected.get(name, _MISSING):
+            logger.debug("%s.%s is not from %s: left alone", module.__name__, name, _SOURCE)
             continue
         originals.setdefault(name, current)
         setattr(module, name, ours)
