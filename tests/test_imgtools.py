@@ -1,7 +1,7 @@
 """med-imagetools' own writers and ``imgtools autopipeline`` on index-writer.
 
 Needs the real med-imagetools 2.16 (``pip install '.[test-imgtools]'``); every
-test here is marked ``imgtools`` and the module is skipped without it. CI runs
+test here is marked ``imgtools`` and skipped without it. CI runs
 them in a step of their own, after the rest of the suite, because
 med-imagetools pins ``fasteners==0.19`` and brings SimpleITK, pydicom, pandas...
 
@@ -17,15 +17,17 @@ this repository.
 
 from __future__ import annotations
 
+import copy
 import copyreg
 import csv
+import importlib.metadata
 import json
 import os
 import pickle
 import re
+import site
 import subprocess
 import sys
-import sysconfig
 import tarfile
 import warnings
 from collections import Counter
@@ -34,22 +36,26 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.imgtools
-
-pytest.importorskip(
-    "imgtools", reason="needs med-imagetools 2.16 (pip install '.[test-imgtools]')"
-)
-
-import index_writer  # noqa: E402
-from _imgtools_workers import nifti_writer, small_image  # noqa: E402
-from index_writer import (  # noqa: E402
+import index_writer
+from _imgtools_workers import nifti_writer, small_image
+from index_writer import (
     IndexReadError,
     IndexSchemaMismatchError,
     IndexWriter,
     install_as_imgtools,
     uninstall_as_imgtools,
 )
-from index_writer._imgtools import ENV_VAR, TESTED_VERSIONS  # noqa: E402
+from index_writer._imgtools import ENV_VAR, TESTED_VERSIONS
+
+pytestmark = pytest.mark.imgtools
+
+
+@pytest.fixture(autouse=True)
+def _needs_imgtools() -> None:
+    # Per test, not at import: with `-m "not imgtools"` nothing here is skipped.
+    pytest.importorskip(
+        "imgtools", reason="needs med-imagetools 2.16 (pip install '.[test-imgtools]')"
+    )
 
 TESTS = Path(__file__).resolve().parent
 WORKERS = TESTS / "_imgtools_workers.py"
@@ -220,6 +226,19 @@ def test_writers_made_before_or_after(
         during.add_to_index(during.root_directory / "a.nii.gz", merge_columns=False)
 
 
+def test_copying_a_writer_while_installed(
+    clean: dict[tuple[str, str], Any], tmp_path: Path
+) -> None:
+    """copy and deepcopy consult copyreg as pickle does: the copies still work."""
+    install_as_imgtools()
+    writer = IndexWriter(tmp_path / "index.csv", timeout=1.5, durable=True)
+    for twin in (copy.copy(writer), copy.deepcopy(writer)):
+        assert type(twin) is IndexWriter and twin is not writer
+        assert repr(twin) == repr(writer)
+        twin.write_entry(f"{id(twin)}.nii.gz", {"n": 1})
+    assert len(writer.read_rows()) == 2
+
+
 def test_without_imgtools_a_clear_import_error(
     clean: dict[tuple[str, str], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -328,8 +347,14 @@ def test_untested_version_warns_once_and_patches(tmp_path: Path, route: str) -> 
 
 
 def test_pth_file_is_installed_and_current() -> None:
-    installed = Path(sysconfig.get_paths()["purelib"]) / "index_writer_imgtools.pth"
+    dist = importlib.metadata.distribution("index-writer")
+    (record,) = [f for f in dist.files or [] if f.name == "index_writer_imgtools.pth"]
+    installed = Path(str(dist.locate_file(record)))
     assert installed.is_file(), f"{installed} missing: reinstall the package"
+    # Beside the package's site directory, where `site` processes .pth files.
+    assert installed.parent == Path(index_writer.__file__).parent.parent or (
+        installed.parent in map(Path, [*site.getsitepackages(), site.getusersitepackages()])
+    )
     source = REPO / "src" / "index_writer_imgtools.pth"
     if source.is_file():
         assert installed.read_text() == source.read_text()

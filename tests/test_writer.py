@@ -47,6 +47,8 @@ def test_public_names_and_hierarchy() -> None:
         "IndexWriteError",
         "IndexSchemaMismatchError",
         "IndexLockTimeoutError",
+        "install_as_imgtools",
+        "uninstall_as_imgtools",
     }
     for cls in (
         IndexReadError,
