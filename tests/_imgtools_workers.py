@@ -127,7 +127,7 @@ def worker_report(good: Any = None, bad: Any = None, root: str = "") -> dict[str
 
 def _run_in(method: str, args: tuple[Any, ...], n: int = 1) -> list[dict[str, Any]]:
     """Run ``worker_report(*args)`` in ``n`` workers started by ``method``."""
-    if method in ("spawn", "forkserver"):
+    if method in ("spawn", "forkserver", "fork"):
         ctx = multiprocessing.get_context(method)
         with ProcessPoolExecutor(n, mp_context=ctx) as pool:
             return [f.result(120) for f in [pool.submit(worker_report, *args) for _ in range(n)]]
@@ -151,7 +151,8 @@ def _run_in(method: str, args: tuple[Any, ...], n: int = 1) -> list[dict[str, An
 
 
 def scenario_workers(method: str, route: str, root: str) -> dict[str, Any]:
-    """Workers started by ``method`` after the parent was patched by ``route``.
+    """Workers started by ``method`` (spawn, forkserver, fork, loky, dask) after
+    the parent was patched by ``route``.
 
     - ``pickled``: the parent calls install_as_imgtools(), then removes the
       environment variable, so only the writers pickled to the worker can

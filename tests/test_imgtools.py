@@ -47,7 +47,11 @@ from index_writer import (
 )
 from index_writer._imgtools import ENV_VAR, TESTED_VERSIONS
 
-pytestmark = pytest.mark.imgtools
+pytestmark = [
+    pytest.mark.imgtools,
+    # med-imagetools' logger (structlog) on a save that fails: not ours.
+    pytest.mark.filterwarnings("ignore:Use None to use the terminal width:DeprecationWarning"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -514,6 +518,17 @@ def test_workers_of_a_patched_parent(tmp_path: Path, method: str, route: str) ->
             assert w["env"] is None
         else:
             _check_patched_worker(w)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork on Windows")
+def test_forked_workers_inherit_the_patch(tmp_path: Path) -> None:
+    """A forked child is a copy of its parent: patched, with no variable and no writer sent."""
+    r = scenario("workers", "fork", "control", str(tmp_path))
+    assert r["parent"] == {"patched": True, "env": None}
+    for w in r["workers"]:
+        assert w["env"] is None
+        _check_patched_worker({**w, "env": "1"})
 
 
 @pytest.mark.slow
