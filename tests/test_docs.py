@@ -123,9 +123,9 @@ ALL_BLOCKS = [b for page in PAGES for b in blocks(page)]
 MARKED_MODULES = {"imgtools": pytest.mark.imgtools}
 
 
-def _param(value: object, requires: list[str], id: str) -> Any:
+def _param(value: object, requires: list[str], test_id: str) -> Any:
     marks = [MARKED_MODULES[m] for m in requires if m in MARKED_MODULES]
-    return pytest.param(value, marks=marks, id=id)
+    return pytest.param(value, marks=marks, id=test_id)
 
 
 def _missing(modules: list[str]) -> list[str]:
