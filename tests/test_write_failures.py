@@ -252,11 +252,11 @@ def test_full_tmpfs_enospc(small_tmpfs: Path) -> None:
         assert Path(index).read_bytes() == before
         assert stray_temp_files(small_tmpfs) == []
 
-    # The lock file deleted meanwhile: a new process makes a new one, which
-    # cannot hold the journal on the full disk (the old one's space stays in
-    # use while this process keeps it open), so nothing is written.
+    # The lock file deleted meanwhile: a new process makes a new one (an
+    # empty file fits), and its long row still does not.
     os.unlink(index + ".lock")
-    failure = run_in_child(_try_write, index, entry_path("lockless", 0))
+    lockless = f"lockless/{'d' * 6000}/e.nii.gz"
+    failure = run_in_child(_try_write, index, lockless)
     _assert_write_error(failure, errno.ENOSPC)
     assert Path(index).read_bytes() == before
 

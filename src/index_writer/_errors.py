@@ -138,7 +138,8 @@ class IndexLockTimeoutError(IndexWriterError):
     Raised when the index lock could not be acquired within ``timeout`` seconds.
 
     Nothing was read or written. Another writer holds the lock: wait and
-    retry, or raise the writer's ``timeout``.
+    retry, or raise the writer's ``timeout``. The message says who holds it
+    where that can be known.
 
     Parameters
     ----------
@@ -146,22 +147,30 @@ class IndexLockTimeoutError(IndexWriterError):
         The lock file.
     timeout : float
         The timeout that expired, in seconds.
+    holder : str, optional
+        Who holds the lock, as far as known: the process the kernel names,
+        and the process and host that began the last change to the index.
 
     Examples
     --------
     >>> print(IndexLockTimeoutError(Path("index.csv.lock"), 2.5))
     Timed out after 2.5 s waiting for lock file 'index.csv.lock'; another \
 writer holds it. Retry later or pass a larger timeout.
+    >>> print(IndexLockTimeoutError(Path("i.lock"), 1, "held by process 4242"))
+    Timed out after 1 s waiting for lock file 'i.lock'; another writer holds \
+it (held by process 4242). Retry later or pass a larger timeout.
     """
 
-    def __init__(self, lock_path: Path, timeout: float) -> None:
+    def __init__(self, lock_path: Path, timeout: float, holder: str | None = None) -> None:
         self.lock_path = lock_path
         self.timeout = timeout
+        self.holder = holder
+        who = f" ({holder})" if holder else ""
         msg = (
             f"Timed out after {timeout} s waiting for lock file '{lock_path}'; "
-            "another writer holds it. Retry later or pass a larger timeout."
+            f"another writer holds it{who}. Retry later or pass a larger timeout."
         )
         super().__init__(msg)
 
     def __reduce__(self) -> tuple[type[IndexLockTimeoutError], tuple[object, ...]]:
-        return (type(self), (self.lock_path, self.timeout))
+        return (type(self), (self.lock_path, self.timeout, self.holder))

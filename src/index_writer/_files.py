@@ -16,13 +16,23 @@ fsynced before returning, so they survive a power cut, not only a crash.
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import logging
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from . import _platform
 
-__all__ = ["append", "new_temp_name", "replace"]
+__all__ = [
+    "BoundedReader",
+    "append",
+    "new_temp_name",
+    "pread_all",
+    "replace",
+    "write_all",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +47,8 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
     Rollback: on any failure the file is truncated back to ``size_before`` and
     the exception re-raised, so no partial row is ever left behind.
     """
-    view = memoryview(data)
-    written = 0
     try:
-        while written < len(view):
-            n = os.write(fd, view[written:])
-            if n <= 0:  # pragma: no cover - write() reports failure by raising
-                raise OSError(errno.EIO, "short write: no bytes accepted")
-            written += n
+        write_all(fd, data)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -61,9 +65,79 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
 
 
 def new_temp_name(path: str) -> str:
-    """A fresh temporary file name in ``path``'s directory (hidden, ``.tmp``)."""
+    """A fresh temporary file name in ``path``'s directory (hidden, ``.tmp``).
+
+    It starts with ``path``'s name where that fits the filesystem's limit on
+    name length, and is shortened otherwise, so any index name the
+    filesystem accepts can be rewritten.
+    """
     head, tail = os.path.split(path)
-    return os.path.join(head, f".{tail}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    return os.path.join(head, sidecar_name(tail, f"{os.getpid()}.{os.urandom(4).hex()}.tmp",
+                                           hidden=True, directory=head))
+
+
+def sidecar_name(name: str, suffix: str, *, hidden: bool, directory: str) -> str:
+    """``NAME.SUFFIX`` (``.NAME.SUFFIX`` if ``hidden``), shortened to fit ``directory``.
+
+    A name too long for the filesystem keeps the start of ``name`` and a
+    digest of all of it, so it stays unique and recognisable.
+
+    Examples
+    --------
+    >>> sidecar_name("index.csv", "journal", hidden=True, directory=".")
+    '.index.csv.journal'
+    >>> len(sidecar_name("x" * 250, "journal", hidden=False, directory=".").encode()) <= 255
+    True
+    """
+    dot = "." if hidden else ""
+    full = f"{dot}{name}.{suffix}"
+    limit = _platform.name_max(directory or ".")
+    if len(full.encode()) <= limit:
+        return full
+    digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:12]
+    room = limit - len(f"{dot}~{digest}.{suffix}".encode())
+    keep = name.encode()[: max(0, room)].decode(errors="ignore")
+    return f"{dot}{keep}~{digest}.{suffix}"
+
+
+class BoundedReader(io.RawIOBase):
+    """The first ``end`` bytes of the file open as ``fd``, read with ``pread``.
+
+    Reading never moves ``fd``'s own position, and stops at ``end`` even if
+    the file is longer (another writer appending meanwhile, or an append a
+    crash cut short that a reader must not see). Wrap it in
+    :class:`io.BufferedReader`.
+    """
+
+    def __init__(self, fd: int, end: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._end = end
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self._end - self._pos)
+        if want <= 0:
+            return 0
+        data = _platform.pread(self._fd, want, self._pos)
+        n = len(data)
+        buffer[:n] = data
+        self._pos += n
+        return n
 
 
 def replace(
@@ -76,7 +150,8 @@ def replace(
     """Atomically replace ``path`` with the concatenation of ``chunks``.
 
     Commit: write everything to ``temp`` (created here, in the same directory),
-    give it ``like``'s permission bits, fsync it if ``durable``, rename it over
+    give it ``like``'s permission bits, owner and group (as far as allowed),
+    fsync it if ``durable``, rename it over
     ``path``, and fsync the directory if ``durable``.
     Rollback: if anything fails before the rename, ``temp`` is removed and
     ``path`` is untouched; the exception is re-raised.
@@ -86,17 +161,17 @@ def replace(
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _platform.O_BINARY, 0o600)
     try:
         try:
-            _platform.copy_permissions(fd, like)
+            _platform.copy_ownership(fd, like)
             buf: list[bytes] = []
             size = 0
             for chunk in chunks:
                 buf.append(chunk)
                 size += len(chunk)
                 if size >= _CHUNK:
-                    _write_all(fd, b"".join(buf))
+                    write_all(fd, b"".join(buf))
                     buf, size = [], 0
             if buf:
-                _write_all(fd, b"".join(buf))
+                write_all(fd, b"".join(buf))
             if durable:
                 os.fsync(fd)
             st = os.fstat(fd)
@@ -114,10 +189,33 @@ def replace(
     return st
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """Write all of ``data`` to ``fd`` (at ``offset`` with ``pwrite`` if given).
+
+    A write that accepts only part of the bytes is retried with the rest, so
+    a full disk reports its real error (``ENOSPC``, ``EFBIG``) instead of a
+    short count.
+    """
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        if offset is None:
+            n = os.write(fd, view)
+        else:
+            n = _platform.pwrite(fd, view, offset)
+            offset += n
         if n <= 0:  # pragma: no cover - write() reports failure by raising
             raise OSError(errno.EIO, "short write: no bytes accepted")
         view = view[n:]
+
+
+def pread_all(fd: int, size: int, offset: int) -> bytes:
+    """Read ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
+    parts = []
+    while size > 0:
+        chunk = _platform.pread(fd, size, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)

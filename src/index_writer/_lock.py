@@ -1,306 +1,406 @@
-"""The index lock: one writer at a time, across threads and processes.
+"""Taking and releasing the index lock, for writers and for readers.
 
-Two layers, always taken in this order and released in reverse:
+Layers, always taken in this order and released in reverse:
 
-1. a :class:`threading.Lock` per lock file, shared by every writer in this
-   process, because POSIX record locks belong to the *process*: two threads
-   would both "get" the fasteners lock, and a thread closing its descriptor
-   would silently release the lock another thread holds;
-2. a fasteners :class:`~fasteners.InterProcessLock` on the lock file, the same
-   ``lockf`` lock med-imagetools takes, so the two implementations exclude each
-   other.
+1. the index's in-process mutex (:class:`._handles.IndexSlot`), shared by
+   every writer and reader of that file in this process, whatever path
+   spelling or lock file they use;
+2. the lock file's in-process mutex (:class:`._handles.LockFile`), since
+   several indexes may share a lock file;
+3. the lock file's ``lockf`` lock, the one med-imagetools takes, so the two
+   implementations exclude each other: exclusive for writers; shared for
+   readers, through a read-only descriptor (readers need no write access);
+4. a ``lockf`` lock on the index file itself, exclusive for writers, shared
+   for readers. It is free in normal operation; it keeps writers apart when
+   the lock file is deleted while held (med-imagetools deletes
+   ``NAME.lock`` at the end of a run): the next writer creates and locks a
+   new lock file, but still waits here.
 
-The lock file stays open in this process between writes (reopening it would
-cost more than the write itself). After each acquisition the lock file on disk
-is checked to still be the file we locked: med-imagetools deletes
-``<index>.lock`` when a pipeline finishes, and a writer that locked the
-deleted file would otherwise run beside one that locked its replacement.
+:func:`run_locked` takes them, runs the caller's step, and releases them in
+a ``finally`` that retries each (idempotent) release until done, so an
+asynchronous exception -- Ctrl-C's :class:`KeyboardInterrupt` -- landing
+anywhere between taking and releasing cannot leave a lock held.
 
-While held, the lock file's content is a small journal (see :class:`Journal`).
+Writers keep the lock file and the index open between calls; each call
+checks that the open index is still the one at its path (a rewrite replaces
+it by a rename), and at most every :data:`RECHECK` seconds -- and after every
+wait -- that the lock file is still the one at its path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import io
 import logging
 import os
-import threading
+import stat
 import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import fasteners
+from . import _handles, _platform
+from ._handles import IndexSlot, LockFile
+from ._journal import Journal, open_journal, read_journal, torn_append_start
 
-from . import _platform
-from ._errors import IndexLockTimeoutError
-
-__all__ = ["Journal", "LockFile"]
+__all__ = ["RECHECK", "Session", "poll", "run_locked"]
 
 logger = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
+#: How often (seconds) a writer checks that the lock file it keeps open is
+#: still the one at its path (deleted and recreated: it switches to the new
+#: one). After waiting for the lock it always checks.
+RECHECK = 0.1
+
 #: How a busy lock is polled when a timeout is set (or the platform cannot
 #: wait in the kernel): first retry after 1 ms, backing off to 10 ms.
-_POLL_DELAY = 0.001
-_POLL_MAX_DELAY = 0.01
-
-#: How much of the lock file is read on each acquisition; larger journal
-#: records (big appends) are read whole when this is not enough.
-_JOURNAL_READ = 1 << 13
+POLL_DELAY = 0.001
+POLL_MAX_DELAY = 0.01
 
 
-class Journal:
-    """The lock file's content: what the lock holder is in the middle of doing.
+class LockTimeout(Exception):
+    """A lock was not acquired by the deadline (turned into the public error)."""
 
-    A writer records an operation before it touches the index and marks it
-    done afterwards, so the next holder can roll back a write that was cut
-    short by a crash. Each step is one ``pwrite`` in place. A record is one
-    line of JSON followed by an optional binary payload. A lock file that
-    holds anything else (a user pointed ``lock_path`` at a file with content)
-    is never written, and neither is one on a platform where the lock file
-    must stay empty (see :data:`._platform.JOURNAL`).
+    def __init__(self, holder: str | None) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+class Session:
+    """The locked index, as a step run by :func:`run_locked` sees it.
 
     Attributes
     ----------
-    record : bytes | None
-        The unfinished operation left by a previous holder, if any.
-    payload : bytes
-        The bytes stored after that record (possibly followed by leftovers
-        of an earlier, longer record: the record says how many are its own).
-    deadline : float | None
-        ``time.monotonic()`` value by which the caller's timeout runs out, for
-        any further waiting it does while holding the lock.
-    """
-
-    MAGIC = b"index-writer journal 1\n"
-    _ACTIVE = b"A"
-    _DONE = b"D"
-
-    def __init__(self, fd: int, deadline: float | None = None) -> None:
-        self._fd = fd
-        self.deadline = deadline
-        self.record: bytes | None = None
-        self.payload = b""
-        self.enabled = fd >= 0
-        if not self.enabled:
-            return
-        data = _platform.pread(fd, _JOURNAL_READ, 0)
-        if not data:
-            return
-        if not data.startswith(self.MAGIC):
-            logger.debug("lock file holds foreign content; crash journal disabled")
-            self.enabled = False
-            return
-        body = data[len(self.MAGIC) :]
-        if body[:1] == self._ACTIVE:
-            if len(data) == _JOURNAL_READ:  # a large record: read all of it
-                data = _read_all(fd)
-                body = data[len(self.MAGIC) :]
-            self.record, _, rest = body[1:].partition(b"\n")
-            self.payload = rest
-
-    def write(self, record: bytes, durable: bool, payload: bytes = b"") -> None:
-        """Record an operation about to start (one line, no newline, then data)."""
-        if not self.enabled:
-            return
-        data = self.MAGIC + self._ACTIVE + record + b"\n" + payload
-        done = 0
-        while done < len(data):  # a short write is retried to get its real error
-            n = _platform.pwrite(self._fd, data[done:], done)
-            if n <= 0:  # pragma: no cover - pwrite reports failure by raising
-                raise OSError(errno.EIO, "short write to the crash journal in the lock file")
-            done += n
-        if durable:
-            os.fsync(self._fd)
-
-    def clear(self) -> None:
-        """Mark the recorded operation finished (or rolled back)."""
-        if self.enabled:
-            _platform.pwrite(self._fd, self._DONE, len(self.MAGIC))
-            self.record = None
-            self.payload = b""
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    parts = []
-    offset = 0
-    while offset < size:
-        chunk = _platform.pread(fd, size - offset, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        offset += len(chunk)
-    return b"".join(parts)
-
-
-class _ProcessLock:
-    """This process's state for one lock file: the thread layer and fasteners."""
-
-    __slots__ = ("ipl", "jfd", "thread_lock")
-
-    def __init__(self, path: str) -> None:
-        self.thread_lock = threading.Lock()
-        self.ipl = fasteners.InterProcessLock(path)
-        self.jfd = -1  # read-write descriptor of the same lock file, for the journal
-
-    def close(self) -> None:
-        """Close our descriptors of the lock file (only while not locked)."""
-        if self.jfd >= 0:
-            os.close(self.jfd)
-            self.jfd = -1
-        lockfile = self.ipl.lockfile
-        if lockfile is not None and not lockfile.closed:
-            lockfile.close()
-        self.ipl.lockfile = None
-        self.ipl.acquired = False
-
-
-_registry_guard = threading.Lock()
-_registry: dict[str, _ProcessLock] = {}
-
-
-def _reset_after_fork() -> None:
-    # A thread of the parent may have held any of these at fork time; that
-    # thread does not exist in the child, and POSIX locks are not inherited.
-    # The inherited descriptors are closed now, while the child holds no lock:
-    # closing them later (say, when garbage collected) would release a lock
-    # the child had taken meanwhile through a new descriptor.
-    global _registry_guard, _registry
-    for entry in _registry.values():
-        with contextlib.suppress(OSError):
-            entry.close()
-    _registry_guard = threading.Lock()
-    _registry = {}
-
-
-_platform.register_after_fork(_reset_after_fork)
-
-
-def _process_lock(path: str) -> _ProcessLock:
-    entry = _registry.get(path)
-    if entry is None:
-        with _registry_guard:
-            entry = _registry.setdefault(path, _ProcessLock(path))
-    return entry
-
-
-def _busy(e: OSError) -> bool:
-    return e.errno in (errno.EACCES, errno.EAGAIN)
-
-
-class LockFile:
-    """Exclusive access to an index, keyed by its lock file.
-
-    Use as ``journal = lock.acquire()`` ... ``lock.release()`` in a
-    ``try``/``finally``.
-
-    Parameters
-    ----------
+    slot : IndexSlot
+        The index's in-process handle (cached state and descriptors).
     path : str
-        Absolute path of the lock file. Created (with its directory) if needed.
-    display_path : Path
-        The path as the user gave it, for error messages.
-    timeout : float | None
-        Seconds to wait before :class:`IndexLockTimeoutError`; None waits forever.
+        The index's real path, as this call spells it.
+    fd : int
+        The index, open (for appending, for writers); -1 for a reader of a
+        missing index.
+    st : os.stat_result | None
+        Its ``fstat`` after locking.
+    created : bool
+        This call created the (empty) index file.
+    journal : Journal | None
+        The crash journal, open read-write (writers only).
+    end : int
+        For readers: where the data ends (before an append a crash cut
+        short, which only a writer may undo).
+    deadline : float | None
+        ``time.monotonic()`` value by which the caller's timeout runs out.
     """
 
-    def __init__(self, path: str, display_path: Path, timeout: float | None) -> None:
+    __slots__ = ("created", "deadline", "end", "fd", "journal", "path", "slot", "st")
+
+    def __init__(self, slot: IndexSlot, path: str, deadline: float | None) -> None:
+        self.slot = slot
         self.path = path
-        self.display_path = display_path
-        self.timeout = timeout
+        self.deadline = deadline
+        self.fd = -1
+        self.st: os.stat_result | None = None
+        self.created = False
+        self.journal: Journal | None = None
+        self.end = 0
 
-    def acquire(self) -> Journal:
-        """Take both layers of the lock and return the journal.
 
-        Raises
-        ------
-        IndexLockTimeoutError
-            The lock was not acquired within ``timeout`` seconds.
-        OSError
-            The lock file could not be created, opened or locked.
-        """
-        timeout = self.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        proc = _process_lock(self.path)
-        if timeout is None:
-            proc.thread_lock.acquire()
-        elif not proc.thread_lock.acquire(timeout=timeout):
-            raise IndexLockTimeoutError(self.display_path, timeout)
+def poll(attempt: Callable[[], bool], deadline: float | None) -> bool:
+    """Call ``attempt()`` until it returns True, backing off between calls.
+
+    Returns False if ``deadline`` (a :func:`time.monotonic` value) passes
+    first; None waits forever.
+    """
+    delay = POLL_DELAY
+    while True:
+        if attempt():
+            return True
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            delay = min(delay, remaining)
+        time.sleep(delay)
+        delay = min(delay * 2, POLL_MAX_DELAY)
+
+
+def _wait(fd: int, exclusive: bool, deadline: float | None) -> bool:
+    """Wait for the ``lockf`` lock on ``fd`` and take it; False at the deadline."""
+    if deadline is None and _platform.lock_blocking(fd, exclusive):
+        return True
+    return poll(lambda: _platform.try_lock(fd, exclusive), deadline)
+
+
+def _take_mutex(mutex: Any, deadline: float | None) -> None:
+    if deadline is None:
+        mutex.acquire()
+    elif not mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise LockTimeout("another thread of this process holds it")
+
+
+def run_locked(
+    index: str,
+    lock_path: str,
+    *,
+    write: bool,
+    create: bool,
+    timeout: float | None,
+    step: Callable[[Session | None], _T],
+) -> _T:
+    """Run ``step`` with the index locked; return what it returns.
+
+    ``step`` gets None when the index does not exist and is not to be
+    created (readers; writers with ``create=False``). Writers with
+    ``create`` make the index's directory and the file if needed.
+
+    Raises
+    ------
+    LockTimeout
+        A lock was not acquired within ``timeout`` seconds.
+    OSError
+        Opening or locking failed.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        found = _handles.slot_for(index, create_directory=write and create)
+        if found is None:
+            return step(None)
+        slot, real = found
+        lock = _handles.lock_file_for(lock_path)
+        s = Session(slot, real, deadline)
+        reader_files: list[io.FileIO] = []
+        # What releasing takes, prepared before anything is taken. Every step
+        # is idempotent and retried until done: an interrupt landing between
+        # taking and releasing must not leave a lock behind.
+        release: list[tuple[Callable[..., object], tuple[Any, ...]]] = [
+            (_close_all, (reader_files,)),
+            (_unlock_index, (slot, write)),
+            (_unlock_lock_file, (lock, write)),
+            (_release_all, (lock.mutex,)),
+            (_release_all, (slot.mutex,)),
+        ]
         try:
-            self._acquire_file(proc, deadline)
-            try:
-                return Journal(proc.jfd, deadline)
-            except BaseException:
-                proc.ipl.unlock()
-                proc.ipl.acquired = False
-                raise
-        except BaseException:
-            proc.thread_lock.release()
-            raise
-
-    def release(self) -> None:
-        """Release both layers (the caller holds them)."""
-        proc = _registry[self.path]
-        try:
-            proc.ipl.unlock()
-            proc.ipl.acquired = False
+            _take_mutex(slot.mutex, deadline)
+            _take_mutex(lock.mutex, deadline)
+            if slot.evicted or lock.evicted:
+                continue  # closed for good meanwhile: look them up again
+            _handles.touch(slot)
+            _handles.touch(lock)
+            if write:
+                _lock_lock_file(lock, slot, deadline)
+                if not _open_for_write(s, lock_path, create):
+                    return step(None)
+            elif not _open_for_read(s, lock_path, reader_files):
+                return step(None)
+            return step(s)
         finally:
-            proc.thread_lock.release()
-
-    def _acquire_file(self, proc: _ProcessLock, deadline: float | None) -> None:
-        """Take the fasteners lock on the file that *currently* has our path."""
-        ipl = proc.ipl
-        while True:
-            if ipl.lockfile is None or ipl.lockfile.closed:
-                # First use (or the file was replaced): fasteners creates the
-                # directory and the file, opens it, and tries the lock once.
-                got = ipl.acquire(blocking=False)
-                proc.jfd = _platform.open_journal(self.path, ipl.lockfile)
-            else:
+            pending: BaseException | None = None
+            while release:
                 try:
-                    ipl.trylock()
-                    got = True
-                except OSError as e:
-                    if not _busy(e):
-                        raise
-                    got = False
-            if not got:
-                self._wait(ipl, deadline)
-            ipl.acquired = True
-            try:
-                on_disk: os.stat_result | None = os.stat(self.path)
-                held = os.fstat(ipl.lockfile.fileno())
-            except FileNotFoundError:
-                on_disk = None
-            except BaseException:
-                ipl.unlock()
-                ipl.acquired = False
-                raise
-            if on_disk is not None and _platform.same_file(on_disk, held):
-                return
-            # The lock file was deleted (and maybe recreated) since we opened
-            # it: our lock guards nothing. Start again on the current file.
-            logger.debug("lock file %s was replaced; locking the new one", self.path)
-            ipl.unlock()
-            proc.close()
+                    while release:
+                        release[0][0](*release[0][1])
+                        del release[0]
+                except OSError as e:  # a failing unlock: closing later still releases
+                    logger.warning("releasing the lock of %s: %s", index, e)
+                    del release[0]
+                except BaseException as e:  # retried, then re-raised
+                    pending = pending or e
+            if pending is not None:
+                raise pending
 
-    def _wait(self, ipl: fasteners.InterProcessLock, deadline: float | None) -> None:
-        """Wait for the lock to be free and take it."""
-        if deadline is None and _platform.lock_blocking(ipl.lockfile):
+
+def _close_all(files: list[io.FileIO]) -> None:
+    for f in files:
+        f.close()
+
+
+def _unlock_lock_file(lock: LockFile, write: bool) -> None:
+    if write and _owned(lock.mutex):
+        lock.unlock()
+
+
+def _owned(mutex: Any) -> bool:
+    """Whether this thread holds ``mutex`` (an RLock)."""
+    return bool(mutex._is_owned())
+
+
+def _release_all(mutex: Any) -> None:
+    while _owned(mutex):
+        mutex.release()
+
+
+def _unlock_index(slot: IndexSlot, write: bool) -> None:
+    if write and _owned(slot.mutex) and slot.index_fd >= 0:
+        _platform.unlock(slot.index_fd)
+
+
+def _lock_lock_file(lock: LockFile, slot: IndexSlot, deadline: float | None) -> None:
+    """Take the lock file's exclusive lock, on the file currently at its path."""
+    while True:
+        waited = False
+        if not lock.is_open():
+            got = lock.open_and_try()
+            lock.checked = time.monotonic()
+        else:
+            got = lock.try_lock()
+        if not got:
+            if not _wait(lock.fileno(), True, deadline):
+                raise LockTimeout(_holder(lock.fileno(), slot))
+            waited = True
+        now = time.monotonic()
+        if not waited and now - lock.checked < RECHECK:
             return
-        delay = _POLL_DELAY
-        while True:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    assert self.timeout is not None
-                    raise IndexLockTimeoutError(self.display_path, self.timeout)
-                delay = min(delay, remaining)
-            time.sleep(delay)
-            delay = min(delay * 2, _POLL_MAX_DELAY)
-            try:
-                ipl.trylock()
-                return
-            except OSError as e:
-                if not _busy(e):
-                    raise
+        lock.checked = now
+        if lock.still_at_path():
+            return
+        # Deleted (and maybe recreated) since we opened it: our lock guards
+        # nothing. Start again on the current file.
+        logger.debug("lock file %s was replaced; locking the new one", lock.path)
+        lock.unlock()
+        lock.close()
+
+
+def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
+    """Open (or reuse) the index for appending and lock it; False if missing.
+
+    Also opens the journal. A cached descriptor whose file was replaced
+    (a rewrite renames a new file over it) or deleted is reopened.
+    """
+    slot = s.slot
+    if slot.opened_via != s.path:  # another spelling (bind mount): open through ours
+        slot.close_files()
+    while True:
+        if slot.index_fd < 0:
+            fd, s.created = _open_index(s.path, create)
+            if fd < 0:
+                return False
+            slot.index_fd = fd
+            slot.opened_via = s.path
+        fd = slot.index_fd
+        if not _platform.try_lock(fd, True) and not _wait(fd, True, s.deadline):
+            raise LockTimeout(_holder(fd, slot))
+        try:
+            st = os.fstat(fd)
+            current = st.st_nlink == 1 or (
+                st.st_nlink > 1 and _platform.same_file(st, os.stat(s.path))
+            )
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ESTALE):
+                raise
+            current = False
+        if current:
+            break
+        _platform.unlock(fd)
+        slot.close_files()
+        slot.state = None
+    s.fd, s.st = fd, st
+    if slot.journal_fd < 0:
+        slot.journal_fd, slot.journal_path = _open_journal(s.path, lock_path, st)
+    s.journal = Journal(slot.journal_fd, slot.journal_path)
+    return True
+
+
+def _open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, str]:
+    """Open the index's crash journal: next to the index, else next to the lock file.
+
+    The journal belongs next to the index, where every writer finds it
+    whatever lock file it uses. A writer that may not create files in the
+    index's directory (while the journal does not exist yet) keeps it next
+    to its lock file instead, whose directory it can write.
+    """
+    path = _handles.journal_path(index)
+    try:
+        return open_journal(path, st), path
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        fallback = _handles.journal_path(os.path.realpath(lock_path))
+        logger.debug("cannot create %s (%s); keeping the journal in %s", path, e, fallback)
+        return open_journal(fallback, st), fallback
+
+
+def _open_index(path: str, create: bool) -> tuple[int, bool]:
+    """Open the index for appending: ``(fd, created)``, or ``(-1, False)`` if missing."""
+    flags = os.O_RDWR | os.O_APPEND | _platform.O_BINARY
+    while True:
+        try:
+            return os.open(path, flags), False
+        except FileNotFoundError:
+            if not create:
+                return -1, False
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # the directory was removed meanwhile
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
+    """Open the index read-only under shared locks; False if it does not exist.
+
+    Nothing is created: a missing lock file is simply not locked (no writer
+    can be active without one, unless it was deleted -- the index lock
+    covers that), a missing index reads as no rows. Sets ``s.end`` before
+    an append a crash cut short.
+    """
+    slot = s.slot
+    try:
+        lockfile = io.FileIO(lock_path, "r")
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        pass
+    else:
+        files.append(lockfile)
+        if not _platform.try_lock(lockfile.fileno(), False) and not _wait(
+            lockfile.fileno(), False, s.deadline
+        ):
+            raise LockTimeout(_holder(lockfile.fileno(), slot))
+    while True:
+        try:
+            index = io.FileIO(s.path, "r")
+        except FileNotFoundError:
+            return False
+        files.append(index)
+        fd = index.fileno()
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), s.path)
+        if not _platform.try_lock(fd, False) and not _wait(fd, False, s.deadline):
+            raise LockTimeout(_holder(fd, slot))
+        try:
+            current = _platform.same_file(os.fstat(fd), os.stat(s.path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        files.pop().close()  # replaced while we waited: read the new file
+    st = os.fstat(fd)
+    s.fd, s.st = fd, st
+    s.end = st.st_size
+    for journal in {_handles.journal_path(s.path), slot.journal_path}:
+        start = torn_append_start(read_journal(journal), fd, st)
+        if start is not None:
+            s.end = min(s.end, start)
+    return True
+
+
+def _holder(fd: int, slot: IndexSlot) -> str | None:
+    """Who holds the lock, as far as can be known, for a timeout message."""
+    parts = []
+    pid = _platform.lock_holder(fd)
+    if pid is not None:
+        parts.append(f"held by process {pid}")
+    record = read_journal(slot.journal_path)
+    if record is not None:
+        info = record.info
+        when = info.get("time")
+        since = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+            if isinstance(when, (int, float))
+            else "?"
+        )
+        parts.append(
+            f"last change begun by process {info.get('pid', '?')} on host "
+            f"{info.get('host', '?')} at {since}"
+        )
+    return "; ".join(parts) or None

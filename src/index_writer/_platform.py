@@ -8,52 +8,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
+import struct
+import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 __all__ = [
-    "JOURNAL",
     "O_BINARY",
-    "copy_permissions",
+    "copy_ownership",
     "fsync_directory",
     "lock_blocking",
-    "lock_index",
-    "open_journal",
+    "lock_holder",
+    "name_max",
     "pread",
     "pwrite",
     "register_after_fork",
     "same_file",
+    "try_lock",
+    "unlock",
 ]
 
 #: Extra flag for :func:`os.open` so Windows does no newline translation.
 O_BINARY: int = getattr(os, "O_BINARY", 0)
-
-#: Whether the crash journal is kept in the lock file. On Windows fasteners
-#: locks one byte at the lock file's current end, so the file must stay empty
-#: for every process to lock the same byte: no journal there, and an append
-#: cut short by a crash is not rolled back automatically.
-JOURNAL: bool = os.name != "nt"
-
-
-def open_journal(path: str, lockfile: IO[Any]) -> int:
-    """Open ``path`` read-write for the journal, or return -1 for none.
-
-    Returns -1 where :data:`JOURNAL` is off, and when ``path`` no longer names
-    the file ``lockfile`` has open (the caller then notices and retries).
-    The descriptor must stay open while the lock is held: closing any
-    descriptor of the lock file releases a POSIX lock.
-    """
-    if not JOURNAL:  # pragma: no cover - not run on Linux CI
-        return -1
-    try:
-        fd = os.open(path, os.O_RDWR | O_BINARY)
-    except FileNotFoundError:
-        return -1
-    if same_file(os.fstat(fd), os.fstat(lockfile.fileno())):
-        return fd
-    os.close(fd)
-    return -1
 
 
 def _seek_read(fd: int, size: int, offset: int) -> bytes:  # pragma: no cover
@@ -61,7 +39,7 @@ def _seek_read(fd: int, size: int, offset: int) -> bytes:  # pragma: no cover
     return os.read(fd, size)
 
 
-def _seek_write(fd: int, data: bytes, offset: int) -> int:  # pragma: no cover
+def _seek_write(fd: int, data: bytes | memoryview, offset: int) -> int:  # pragma: no cover
     os.lseek(fd, offset, os.SEEK_SET)
     return os.write(fd, data)
 
@@ -69,12 +47,20 @@ def _seek_write(fd: int, data: bytes, offset: int) -> int:  # pragma: no cover
 #: ``os.pread``/``os.pwrite`` where they exist (POSIX); on Windows a seek and a
 #: read or write, which is equivalent for us since callers hold the lock.
 pread: Callable[[int, int, int], bytes] = getattr(os, "pread", _seek_read)
-pwrite: Callable[[int, bytes, int], int] = getattr(os, "pwrite", _seek_write)
+pwrite: Callable[[int, bytes | memoryview, int], int] = getattr(os, "pwrite", _seek_write)
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
     """Return whether two stat results describe the same file (not just path)."""
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def name_max(directory: str) -> int:
+    """The longest file name (in bytes) ``directory``'s filesystem accepts."""
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - Windows, odd mounts
+        return 255
 
 
 def fsync_directory(path: str) -> None:
@@ -94,74 +80,95 @@ def fsync_directory(path: str) -> None:
 
 
 if os.name == "nt":  # pragma: no cover - not run on Linux CI
+    import msvcrt
 
-    def lock_blocking(lockfile: IO[Any]) -> bool:
-        """Windows has no blocking byte-range lock here: poll fasteners-style."""
+    def try_lock(fd: int, exclusive: bool) -> bool:
+        """Lock the first byte of the file, as fasteners does on Windows.
+
+        Windows has no shared locks here: a reader locks exclusively too.
+        """
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+
+    def lock_blocking(fd: int, exclusive: bool) -> bool:
+        """No kernel wait without a timeout here: the caller polls."""
         return False
+
+    def unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+
+    def lock_holder(fd: int) -> int | None:
+        return None
 
 else:
     import fcntl
 
-    def lock_blocking(lockfile: IO[Any]) -> bool:
-        """Wait in the kernel for the same ``lockf`` lock fasteners takes.
+    def try_lock(fd: int, exclusive: bool) -> bool:
+        """Take the ``lockf`` lock on the whole file if it is free.
 
-        fasteners polls with sleeps of 10 to 100 ms when the lock is busy, which
-        caps a contended index at a few hundred writes per second. ``F_SETLKW``
-        wakes the waiter as soon as the holder unlocks, and it is the very lock
-        fasteners (and so med-imagetools) uses, so the two still exclude each
-        other. Returns True once the lock is held.
+        Exclusive needs ``fd`` open for writing, shared for reading. It is
+        the lock fasteners (and so med-imagetools) takes, so they exclude
+        each other. Returns False when another process holds it.
         """
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.lockf(fd, mode | fcntl.LOCK_NB)
+        except OSError as e:
+            # EDEADLK: see lock_blocking.
+            if e.errno in (errno.EACCES, errno.EAGAIN, errno.EDEADLK):
+                return False
+            raise
+        return True
+
+    def lock_blocking(fd: int, exclusive: bool) -> bool:
+        """Wait in the kernel for the lock and take it; True once held.
+
+        fasteners polls with sleeps of 10 to 100 ms when the lock is busy,
+        which caps a contended index at a few hundred writes per second.
+        ``F_SETLKW`` wakes the waiter as soon as the holder unlocks.
+        """
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         while True:
             try:
-                fcntl.lockf(lockfile, fcntl.LOCK_EX)
+                fcntl.lockf(fd, mode)
                 return True
-            except InterruptedError:  # pragma: no cover - PEP 475 retries
-                continue
             except OSError as e:
                 # EDEADLK: the kernel sees a cycle through *processes*, but our
-                # threads never hold two index locks at once, so it is a false
-                # alarm from another thread's lock; back off briefly and retry.
+                # threads never wait for a lock while holding another index's,
+                # so it is a false alarm from another thread's lock; back off
+                # briefly and retry.
                 if e.errno != errno.EDEADLK:
                     raise
                 time.sleep(0.001)
 
+    def unlock(fd: int) -> None:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
 
-if os.name == "nt":  # pragma: no cover - not run on Linux CI
+    #: ``struct flock`` on Linux (64-bit offsets: CPython builds with large
+    #: file support); other systems order its fields differently.
+    _FLOCK = "hhqqi4x"
 
-    def lock_index(fd: int, exclusive: bool, deadline: float | None) -> bool:
-        """No second lock on Windows: its locks are mandatory and would block
-        every other program (pandas, Excel) from reading the index."""
-        return True
+    def lock_holder(fd: int) -> int | None:
+        """The pid of a process holding a conflicting lock on ``fd``'s file.
 
-else:
-
-    def lock_index(fd: int, exclusive: bool, deadline: float | None) -> bool:
-        """Lock the open index file itself until ``fd`` is closed.
-
-        Exclusive for writers (``fd`` must be open for writing), shared for
-        readers. The lock is only ever held by a writer that also holds the
-        lock file, so it is free unless the lock file was deleted while held.
-        Waits in the kernel when ``deadline`` (a :func:`time.monotonic` value)
-        is None; otherwise polls until then and returns False if still busy.
+        As the kernel reports it (``F_GETLK``, Linux only); None if the lock
+        is free or the system does not say. Over NFS the pid may belong to
+        another host.
         """
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        delay = 0.001
-        while True:
-            try:
-                fcntl.lockf(fd, mode if deadline is None else mode | fcntl.LOCK_NB)
-                return True
-            except OSError as e:
-                busy = e.errno in (errno.EACCES, errno.EAGAIN)
-                if not busy and e.errno != errno.EDEADLK:
-                    raise
-                if busy and deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    time.sleep(min(delay, remaining))
-                    delay = min(delay * 2, 0.01)
-                else:
-                    time.sleep(0.001)
+        if not sys.platform.startswith("linux"):  # pragma: no cover - not run on Linux CI
+            return None
+        probe = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        try:
+            answer = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
+        except OSError:
+            return None
+        kind, _, _, _, pid = struct.unpack(_FLOCK, answer)
+        return int(pid) if kind != fcntl.F_UNLCK and pid > 0 else None
 
 
 def register_after_fork(callback: Any) -> None:
@@ -171,20 +178,22 @@ def register_after_fork(callback: Any) -> None:
         register(after_in_child=callback)
 
 
-def copy_permissions(fd: int, like: os.stat_result) -> None:
-    """Give the open file ``fd`` the permission bits (and group) of ``like``.
+def copy_ownership(fd: int, like: os.stat_result) -> None:
+    """Give the open file ``fd`` the permission bits, owner and group of ``like``.
 
     A rewrite replaces the index with a new file; without this a group-shared
-    index on a cluster would come back readable by its owner only. The group
-    is copied where the platform and our privileges allow, silently skipped
-    otherwise (only the owner or root may change it).
+    index on a cluster would come back readable by its owner only, and one
+    rewritten by root would belong to root. Owner and group are copied where
+    the platform and our privileges allow (root may give a file to anyone;
+    an owner may change its group to one of its own), silently skipped
+    otherwise: a rewrite never fails for lack of that permission.
     """
-    import stat
-
     fchmod = getattr(os, "fchmod", None)
     if fchmod is not None:
         fchmod(fd, stat.S_IMODE(like.st_mode))
     fchown = getattr(os, "fchown", None)
     if fchown is not None:
+        with contextlib.suppress(OSError):
+            fchown(fd, like.st_uid, like.st_gid)
         with contextlib.suppress(OSError):
             fchown(fd, -1, like.st_gid)

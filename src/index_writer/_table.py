@@ -60,6 +60,9 @@ class TableError(csv.Error):
         The rest of the message.
     offset : int, optional
         Byte offset of the offending byte in the file, where known.
+    start : int, optional
+        Byte offset where the malformed record starts, where known (an
+        unclosed quote, text after a closing quote).
 
     Examples
     --------
@@ -70,15 +73,23 @@ class TableError(csv.Error):
     ('too-wide', 3, True)
     """
 
-    def __init__(self, kind: str, line: int, detail: str, offset: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        line: int,
+        detail: str,
+        offset: int | None = None,
+        start: int | None = None,
+    ) -> None:
         super().__init__(f"line {line}: {detail}")
         self.kind = kind
         self.line = line
         self.detail = detail
         self.offset = offset
+        self.start = start
 
     def __reduce__(self) -> tuple[type[TableError], tuple[object, ...]]:
-        return (type(self), (self.kind, self.line, self.detail, self.offset))
+        return (type(self), (self.kind, self.line, self.detail, self.offset, self.start))
 
 
 def too_wide(line: int, got: int, ncols: int) -> TableError:
@@ -98,23 +109,29 @@ def too_wide(line: int, got: int, ncols: int) -> TableError:
     )
 
 
-def _parser_error(e: csv.Error, line: int, record_line: int) -> TableError:
-    """Our error for a :class:`csv.Error` raised by either parser."""
+def _parser_error(e: csv.Error, line: int, record: tuple[int, int]) -> TableError:
+    """Our error for a :class:`csv.Error` raised by either parser.
+
+    ``record`` is the line and byte offset where the failing record starts.
+    """
     text = str(e)
+    record_line, start = record
     if text.startswith("unexpected end of data"):
         return TableError(
             "unclosed-quote",
             record_line,
             f"unterminated quote: the quoted field opened on line {record_line} never "
             "closes (the rest of the file is inside it)",
+            start=start,
         )
     if text.startswith("',' expected after '\"'"):
         return TableError(
             "text-after-quote",
             line,
             "text after a closing quote (a quote inside a value must be doubled: \"\")",
+            start=start,
         )
-    return TableError("malformed", line, text)
+    return TableError("malformed", line, text, start=start)
 
 
 def format_row(values: Sequence[str], eol: str) -> str:
@@ -260,7 +277,7 @@ class Scanner:
             raise
         except csv.Error as e:
             if not str(e).startswith("field larger than field limit"):
-                raise _parser_error(e, self.line, self.next_start[0]) from e
+                raise _parser_error(e, self.line, self.next_start) from e
         # A field too large for the C parser: parse it all again in Python.
         self._restart()
         try:
@@ -278,7 +295,7 @@ class Scanner:
         except TableError:
             raise
         except csv.Error as e:
-            raise _parser_error(e, self.line, self.next_start[0]) from e
+            raise _parser_error(e, self.line, self.next_start) from e
 
     # The record that just completed started right after the previous one.
     _rec_start: tuple[int, int] | None = None

@@ -1,0 +1,360 @@
+"""What this process holds open for each index, keyed by file identity.
+
+POSIX record locks belong to a *process*, and closing *any* descriptor of a
+file releases every lock the process holds on it. So within a process, all
+users of one index must share one gatekeeper, and a descriptor may only be
+closed while nobody in the process holds a lock through it. This module
+keeps those gatekeepers:
+
+- an :class:`IndexSlot` per index file, keyed by identity -- the device and
+  inode of its directory and its name, after resolving symbolic links -- so
+  every spelling of one index (symlinked directories, ``..``, relative or
+  absolute, bind mounts) shares one mutex, one cached :class:`._state.IndexState`
+  and one set of descriptors: the index, open for appending, and its crash
+  journal;
+- a :class:`LockFile` per lock file, keyed by device and inode once open,
+  with its own mutex, since several indexes may share a lock file.
+
+Descriptors stay open between calls (reopening would cost more than a write)
+but are bounded: beyond :func:`open_limit` slots or lock files, the least
+recently used idle ones are closed. :func:`close_slot` closes one index's on
+request (``IndexWriter.close``). After :func:`os.fork` the child starts with
+empty registries (see :func:`_reset_after_fork`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+import fasteners
+
+from . import _files, _platform
+
+if TYPE_CHECKING:
+    from ._state import IndexState
+
+__all__ = [
+    "IndexSlot",
+    "LockFile",
+    "close_slot",
+    "generation",
+    "journal_name",
+    "journal_path",
+    "lock_file_for",
+    "open_limit",
+    "slot_for",
+    "touch",
+]
+
+logger = logging.getLogger(__name__)
+
+_clock = itertools.count()
+
+
+class IndexSlot:
+    """This process's gatekeeper for one index file.
+
+    Attributes
+    ----------
+    mutex : RLock
+        Held by the one thread at a time that reads or writes the index.
+    path : str
+        The index's real path (symbolic links resolved) as first seen; other
+        spellings of the same file (bind mounts) may differ.
+    opened_via : str
+        The real path ``index_fd`` and ``journal_fd`` were opened through
+        (a writer using another spelling reopens them through its own, so
+        that a read-only mount stays read-only).
+    journal_path : str
+        The crash journal in use, a hidden file next to the index (or next
+        to the lock file where the index's directory is not writable).
+    index_fd, journal_fd : int
+        Cached descriptors (-1 when closed), used only while holding
+        ``mutex``.
+    state : IndexState | None
+        What is known about the file (:mod:`._state`).
+    """
+
+    __slots__ = (
+        "evicted",
+        "index_fd",
+        "journal_fd",
+        "journal_path",
+        "key",
+        "last_used",
+        "mutex",
+        "opened_via",
+        "path",
+        "state",
+    )
+
+    def __init__(self, key: tuple[int, int, str], path: str) -> None:
+        self.key = key
+        self.path = path
+        self.opened_via = path
+        self.journal_path = journal_path(path)
+        self.mutex = threading.RLock()
+        self.index_fd = -1
+        self.journal_fd = -1
+        self.state: IndexState | None = None
+        self.last_used = next(_clock)
+        self.evicted = False
+
+    def close_files(self) -> None:
+        """Close the cached descriptors (the caller holds ``mutex``)."""
+        for name in ("index_fd", "journal_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                setattr(self, name, -1)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+class LockFile:
+    """This process's handle on one lock file: a mutex and the fasteners lock.
+
+    The lock is fasteners' :class:`~fasteners.InterProcessLock`, the very
+    ``lockf`` lock med-imagetools takes, so the two exclude each other.
+    """
+
+    __slots__ = ("_ipl", "checked", "evicted", "identity", "last_used", "mutex", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.mutex = threading.RLock()
+        self._ipl = fasteners.InterProcessLock(path)
+        self.identity: tuple[int, int] | None = None
+        self.checked = 0.0  # time.monotonic() of the last check that it is still at its path
+        self.last_used = next(_clock)
+        self.evicted = False
+
+    def is_open(self) -> bool:
+        lockfile = self._ipl.lockfile
+        return lockfile is not None and not lockfile.closed
+
+    def fileno(self) -> int:
+        return int(self._ipl.lockfile.fileno())
+
+    def open_and_try(self) -> bool:
+        """Open (creating the file and its directory) and try the lock once."""
+        try:
+            got = bool(self._ipl.acquire(blocking=False))
+        except threading.ThreadError as e:  # fasteners wraps what is not "busy"
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+        st = os.fstat(self.fileno())
+        self._note_identity((st.st_dev, st.st_ino))
+        return got
+
+    def try_lock(self) -> bool:
+        """Take the file lock if it is free; False if another process holds it."""
+        return _platform.try_lock(self.fileno(), exclusive=True)
+
+    def unlock(self) -> None:
+        """Release the file lock (harmless when it is not held)."""
+        if self.is_open():
+            _platform.unlock(self.fileno())
+
+    def still_at_path(self) -> bool:
+        """Whether the file we have open is still the one at our path."""
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (on_disk.st_dev, on_disk.st_ino) == self.identity
+
+    def close(self) -> None:
+        """Close our descriptor (the caller holds ``mutex`` and no lock)."""
+        if self.is_open():
+            with contextlib.suppress(OSError):
+                self._ipl.lockfile.close()
+        self._ipl.lockfile = None
+        self._ipl.acquired = False
+        with _guard:
+            if self.identity is not None and _lock_files.get(self.identity) is self:
+                del _lock_files[self.identity]
+        self.identity = None
+
+    def _note_identity(self, identity: tuple[int, int]) -> None:
+        self.identity = identity
+        with _guard:
+            # Another spelling may have opened the same file first; both keep
+            # working (each excludes through its own mutex and the index's).
+            _lock_files.setdefault(identity, self)
+
+
+_guard = threading.Lock()
+_slots: dict[tuple[int, int, str], IndexSlot] = {}
+_lock_files: dict[tuple[int, int], LockFile] = {}
+_lock_paths: dict[str, LockFile] = {}
+_generation = 0
+
+
+def generation() -> int:
+    """Changes whenever the registries are reset (in a forked child)."""
+    return _generation
+
+
+def _reset_after_fork() -> None:
+    # A thread of the parent may have held any mutex at fork time; that thread
+    # does not exist in the child, and POSIX locks are not inherited. The
+    # inherited descriptors are closed now, while the child holds no lock:
+    # closing them later would release a lock the child had taken meanwhile
+    # through a new descriptor.
+    global _guard, _slots, _lock_files, _lock_paths, _generation
+    for slot in _slots.values():
+        slot.close_files()
+    for lock in {*_lock_files.values(), *_lock_paths.values()}:
+        if lock.is_open():
+            with contextlib.suppress(OSError):
+                lock._ipl.lockfile.close()
+    _guard = threading.Lock()
+    _slots, _lock_files, _lock_paths = {}, {}, {}
+    _generation += 1
+
+
+_platform.register_after_fork(_reset_after_fork)
+
+
+def journal_name(index_path: str) -> str:
+    """The crash journal's file name for the index at ``index_path``.
+
+    ``.NAME.journal``, hidden next to the index (shortened for a name too long
+    for the filesystem).
+
+    Examples
+    --------
+    >>> journal_name("/data/out/index.csv")
+    '.index.csv.journal'
+    """
+    directory, name = os.path.split(index_path)
+    return _files.sidecar_name(name, "journal", hidden=True, directory=directory)
+
+
+def journal_path(index_path: str) -> str:
+    """Where the crash journal of the index at real path ``index_path`` lives."""
+    directory = os.path.dirname(index_path)
+    return os.path.join(directory, journal_name(index_path))
+
+
+def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | None:
+    """The slot of the index at absolute path ``index``, and its real path.
+
+    Symbolic links are resolved, so a link to an index writes the file it
+    points to and stays a link. The index's directory is created if missing
+    and ``create_directory`` is set; otherwise a missing directory returns
+    None (the index cannot exist).
+    """
+    real = os.path.realpath(index)
+    directory = os.path.dirname(real)
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        if not create_directory:
+            return None
+        os.makedirs(directory, exist_ok=True)
+        st = os.stat(directory)
+    key = (st.st_dev, st.st_ino, os.path.basename(real))
+    slot = _slots.get(key)
+    if slot is None:
+        with _guard:
+            slot = _slots.setdefault(key, IndexSlot(key, real))
+        _evict(_slots)
+    return slot, real
+
+
+def lock_file_for(path: str) -> LockFile:
+    """The handle for the lock file at absolute path ``path``.
+
+    Spellings of one existing file share a handle; a file that does not
+    exist yet gets one per spelling until it is opened.
+    """
+    lock = _lock_paths.get(path)
+    if lock is not None:
+        return lock
+    try:
+        st = os.stat(path)
+        identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except OSError:
+        identity = None
+    with _guard:
+        lock = _lock_files.get(identity) if identity is not None else None
+        if lock is None:
+            lock = LockFile(path)
+        lock = _lock_paths.setdefault(path, lock)
+    _evict(_lock_paths)
+    return lock
+
+
+def touch(item: IndexSlot | LockFile) -> None:
+    """Mark ``item`` used now (for choosing what to close first)."""
+    item.last_used = next(_clock)
+
+
+def open_limit() -> int:
+    """How many indexes (and lock files) a process keeps open between calls.
+
+    At most 64, and at most a sixteenth of the descriptor limit
+    (``ulimit -n``), so a process touching thousands of indexes stays well
+    within it: an index keeps two descriptors, a lock file one.
+    """
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - Windows
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        return 64
+    return max(4, min(64, soft // 16))
+
+
+def _evict(registry: dict[Any, Any]) -> None:
+    """Close the least recently used idle entries beyond :func:`open_limit`."""
+    limit = open_limit()
+    if len(registry) <= limit:
+        return
+    victims = sorted(registry.items(), key=lambda kv: kv[1].last_used)
+    for key, item in victims[: len(registry) - limit]:
+        if not item.mutex.acquire(blocking=False):
+            continue  # in use: never close a descriptor that may hold a lock
+        try:
+            if isinstance(item, IndexSlot):
+                item.close_files()
+            else:
+                item.close()
+            item.evicted = True  # a caller holding a reference resolves it again
+            with _guard:
+                if registry.get(key) is item:
+                    del registry[key]
+        finally:
+            item.mutex.release()
+
+
+def close_slot(index: str, lock_path: str) -> None:
+    """Close what this process keeps open for one index and its lock file.
+
+    Waits for a call in progress in another thread to finish. The next call
+    opens them again.
+    """
+    real = os.path.realpath(index)
+    try:
+        st = os.stat(os.path.dirname(real))
+    except OSError:
+        st = None
+    if st is not None:
+        slot = _slots.get((st.st_dev, st.st_ino, os.path.basename(real)))
+        if slot is not None:
+            with slot.mutex:
+                slot.close_files()
+                slot.state = None
+    lock = _lock_paths.get(lock_path)
+    if lock is not None:
+        with lock.mutex:
+            lock.close()

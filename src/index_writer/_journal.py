@@ -1,0 +1,284 @@
+"""The crash journal: what a writer is in the middle of doing to an index.
+
+A writer records each change before it touches the index, so that the next
+writer (or reader) can tell a change a crash cut short from data:
+
+- an **append** is recorded with the index's identity (device and inode), the
+  offset where it starts, its length, its first :data:`HEAD` bytes and a
+  CRC-32 of each later :data:`HEAD`-byte chunk. If the file is later found
+  longer than that offset but shorter than the whole append, and the extra
+  bytes are provably the start of that append, they are not data: writers
+  truncate them (:func:`recover`), readers stop before them
+  (:func:`torn_append_start`). Anything else means another program has
+  written since, and nothing is cut. A finished append needs no mark: the
+  file's size shows it finished, so the record is simply overwritten by the
+  next one.
+- a **rewrite** is recorded with the name of its temporary file, which is
+  removed if a crash left it; the index itself is only ever replaced by an
+  atomic rename. A finished rewrite is marked done.
+
+The journal lives in its own small file next to the index (``.NAME.journal``,
+see :func:`._handles.journal_name`), not in the lock file, so it survives the
+lock file being deleted -- med-imagetools deletes ``NAME.lock`` at the end of
+a run, and people ``rm *.lock``. Do not delete the journal while writers run.
+
+Format: :data:`MAGIC`, then ``A`` (a record follows) or ``D`` (done), then
+the record as one line of JSON and the append's head bytes. Each step is one
+``pwrite`` in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import zlib
+from typing import Any
+
+from . import _files, _platform
+
+__all__ = [
+    "HEAD",
+    "MAGIC",
+    "Journal",
+    "Record",
+    "append_record",
+    "open_journal",
+    "read_journal",
+    "recover",
+    "rewrite_record",
+    "torn_append_start",
+]
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"index-writer journal 2\n"
+_ACTIVE = b"A"
+_DONE = b"D"
+
+#: An append's record carries its first bytes, and a CRC-32 of each later chunk
+#: of this size, so a rollback can prove the bytes it removes are ours.
+HEAD = 4096
+
+#: How much of the journal is read at once; larger records (big appends) are
+#: read whole when this is not enough.
+_READ = 1 << 13
+
+_HOST = socket.gethostname()
+
+
+class Record:
+    """An operation found in the journal.
+
+    Attributes
+    ----------
+    info : dict
+        The record's fields: ``op`` ("append" or "rewrite"), and for an
+        append ``dev``, ``ino``, ``offset``, ``length``, ``head`` (how many
+        head bytes follow) and ``crc``; for a rewrite ``temp``; and who
+        wrote it: ``host``, ``pid``, ``time``.
+    head : bytes
+        The append's first bytes.
+    """
+
+    __slots__ = ("head", "info")
+
+    def __init__(self, info: dict[str, Any], head: bytes) -> None:
+        self.info = info
+        self.head = head
+
+    @property
+    def op(self) -> str:
+        return str(self.info.get("op", ""))
+
+
+def _parse(data: bytes, where: str) -> Record | None:
+    if not data.startswith(MAGIC) or data[len(MAGIC) : len(MAGIC) + 1] != _ACTIVE:
+        if data and not data.startswith(MAGIC):
+            logger.warning("ignoring %s: not an index-writer journal", where)
+        return None
+    line, _, rest = data[len(MAGIC) + 1 :].partition(b"\n")
+    try:
+        info = json.loads(line)
+        if not isinstance(info, dict):
+            raise ValueError(info)
+    except ValueError:
+        logger.warning("ignoring an unreadable crash journal in %s", where)
+        return None
+    return Record(info, rest[: int(info.get("head", 0))])
+
+
+def _read(fd: int) -> bytes:
+    data = _platform.pread(fd, _READ, 0)
+    if len(data) == _READ:  # a large record: read all of it
+        data = _files.pread_all(fd, os.fstat(fd).st_size, 0)
+    return data
+
+
+class Journal:
+    """The journal of one index, open for reading and writing.
+
+    Parameters
+    ----------
+    fd : int
+        Read-write descriptor of the journal file.
+    path : str
+        Its path, for messages.
+    """
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+
+    def read(self) -> Record | None:
+        """The operation recorded last, unless marked done."""
+        return _parse(_read(self.fd), self.path)
+
+    def write(self, record: bytes, durable: bool, payload: bytes = b"") -> None:
+        """Record an operation about to start (one line, no newline, then data)."""
+        _files.write_all(self.fd, MAGIC + _ACTIVE + record + b"\n" + payload, 0)
+        if durable:
+            os.fsync(self.fd)
+
+    def mark_done(self) -> None:
+        """Mark the recorded operation finished (or undone)."""
+        _files.write_all(self.fd, MAGIC + _DONE, 0)
+
+    def mark_done_quietly(self) -> None:
+        """:meth:`mark_done`, logging instead of raising: the operation itself is over."""
+        try:
+            self.mark_done()
+        except OSError as e:  # pragma: no cover - needs a failing pwrite
+            logger.warning("could not update the crash journal %s: %s", self.path, e)
+
+
+def open_journal(path: str, like: os.stat_result | None) -> int:
+    """Open (creating if needed) the journal at ``path`` for reading and writing.
+
+    A new journal gets the permission bits of ``like`` (the index), so every
+    user who may write the index may write its journal.
+    """
+    mode = 0o666 if like is None else (like.st_mode & 0o666)
+    return os.open(path, os.O_RDWR | os.O_CREAT | _platform.O_BINARY, mode)
+
+
+def read_journal(path: str) -> Record | None:
+    """The unfinished operation in the journal at ``path``, read-only; None if none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _platform.O_BINARY)
+    except OSError:
+        return None
+    try:
+        return _parse(_read(fd), path)
+    finally:
+        os.close(fd)
+
+
+def append_record(dev: int, ino: int, start: int, data: bytes) -> tuple[bytes, bytes]:
+    """The record and payload for appending ``data`` at ``start`` to the file (dev, ino)."""
+    crcs = ""
+    if len(data) > HEAD:
+        full = range(HEAD, len(data) - HEAD + 1, HEAD)
+        crcs = ',"crc":[' + ",".join(str(zlib.crc32(data[i : i + HEAD])) for i in full) + "]"
+    head = data[:HEAD]
+    record = (
+        f'{{"op":"append","dev":{dev},"ino":{ino},"offset":{start},"length":{len(data)},'
+        f'"head":{len(head)}{crcs},{_who()}}}'
+    )
+    return record.encode(), head
+
+
+def rewrite_record(temp: str) -> bytes:
+    """The record for rewriting the index through the temporary file ``temp``."""
+    return (f'{{"op":"rewrite","temp":{json.dumps(temp)},{_who()}}}').encode()
+
+
+def _who() -> str:
+    return f'"host":{json.dumps(_HOST)},"pid":{os.getpid()},"time":{time.time():.3f}'
+
+
+def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int | None:
+    """Where the append a crash cut short starts, if the file open as ``fd`` shows one.
+
+    Only when ``record`` is an append to this very file (``st``), the file has
+    grown past its offset but not by its whole length, and those bytes are
+    provably the start of it. None otherwise.
+    """
+    if record is None or record.op != "append":
+        return None
+    info = record.info
+    start, length = info.get("offset", -1), info.get("length", 0)
+    if (st.st_dev, st.st_ino) != (info.get("dev"), info.get("ino")):
+        return None
+    if not (isinstance(start, int) and start < st.st_size < start + length):
+        return None
+    if not _is_ours(fd, start, st.st_size, record.head, info.get("crc", [])):
+        logger.warning(
+            "not undoing the write cut short by a crash at byte %d: "
+            "another program has changed the file since",
+            start,
+        )
+        return None
+    return start
+
+
+def _is_ours(fd: int, start: int, size: int, head: bytes, crcs: list[int]) -> bool:
+    """Whether the bytes from ``start`` to ``size`` are the start of our append.
+
+    They are checked against the record: the first :data:`HEAD` bytes exactly,
+    each later whole chunk by its CRC-32. Anything else means another program
+    (med-imagetools rewrites the index in place, ignoring the journal) has
+    written since, and nothing may be cut.
+    """
+    k = min(size - start, len(head))
+    if not head or _files.pread_all(fd, k, start) != head[:k]:
+        return False
+    pos = start + HEAD
+    for crc in crcs:
+        if pos + HEAD > size:
+            break
+        if zlib.crc32(_files.pread_all(fd, HEAD, pos)) != crc:
+            return False
+        pos += HEAD
+    return True
+
+
+def recover(
+    journal: Journal, record: Record | None, index_fd: int, st: os.stat_result, where: str
+) -> bool:
+    """Undo what a writer that died with the lock left unfinished.
+
+    ``record`` is what ``journal`` holds (:meth:`Journal.read`), ``index_fd``
+    the index, open for writing, and ``st`` its ``fstat``. A torn append is
+    truncated away; a rewrite's temporary file is removed. Returns whether
+    the index itself changed.
+    """
+    if record is None:
+        return False
+    changed = False
+    start = torn_append_start(record, index_fd, st)
+    if start is not None:
+        os.ftruncate(index_fd, start)
+        changed = True
+        logger.warning(
+            "undid a write to %s cut short by a crash (%d of %d bytes had been written)",
+            where,
+            st.st_size - start,
+            record.info["length"],
+        )
+    elif record.op == "rewrite":
+        temp = str(record.info.get("temp", ""))
+        try:
+            os.unlink(temp)
+            logger.warning("removed %s, left by a rewrite of %s cut short by a crash", temp, where)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            logger.warning("could not remove %s, left by a crashed rewrite: %s", temp, e)
+    if record.op == "rewrite" or changed:
+        journal.mark_done()
+    return changed

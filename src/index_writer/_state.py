@@ -1,0 +1,424 @@
+"""What this process knows about an index file, and keeping it up to date cheaply.
+
+An :class:`IndexState` holds an index's identity (device and inode), size,
+modification time, header, line count, whether it ends with a line
+terminator, its first and last bytes, and -- once ``replace_existing`` needs
+it -- where each path's row starts (:class:`._paths.PathOffsets`). It lives
+on the index's :class:`._handles.IndexSlot` between calls, and
+:func:`refresh` brings it up to date at the start of each write:
+
+- unchanged file (same inode, size and modification time): nothing is read;
+- otherwise the crash journal is consulted first (:func:`._journal.recover`
+  undoes an append a crash cut short); then, for a longer file whose last
+  known bytes are unchanged, only the appended bytes are read and checked
+  (plus the first bytes, unless the journal shows the growth ends with an
+  append by one of our writers);
+- anything else (a new inode, a shorter file, changed bytes, a same-size
+  file with a new time): the whole file is read and checked again.
+
+A file whose last record has no line terminator and cannot be a row (an
+unclosed quote, a cut UTF-8 character) holds a write cut short with no
+journal to undo it: writers move those bytes aside into a file next to the
+index, readers stop before them (:func:`incomplete_tail`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from . import _files, _journal, _platform
+from ._lock import Session
+from ._paths import PathOffsets
+from ._rows import Row
+from ._table import Header, Scanner, TableError, read_header, skim, too_wide
+
+__all__ = [
+    "IndexState",
+    "count_lines",
+    "recover",
+    "incomplete_tail",
+    "iter_rows",
+    "refresh",
+    "stored_equals",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How many bytes at the start and the end of the file are compared to detect
+#: a rewrite by another program before trusting what we know about the file.
+HEAD_BYTES = 256
+TAIL_BYTES = 64
+
+
+class IndexState:
+    """What this process knows about one index file, valid while it is unchanged.
+
+    Attributes
+    ----------
+    dev, ino : int
+        The file's identity.
+    size, mtime_ns : int
+        Its size and modification time when last seen.
+    header : Header
+        Columns, byte-order mark and line terminator.
+    colpos : dict[str, int]
+        Column name to position.
+    lines : int
+        Physical lines up to ``size``.
+    ends_clean : bool
+        The file ends with a line terminator (or is empty).
+    head, tail : bytes
+        Its first :data:`HEAD_BYTES` and last :data:`TAIL_BYTES` bytes.
+    paths_column : str | None
+        The column ``paths`` maps, if any.
+    paths : PathOffsets | None
+        Where each path's row starts; built once ``replace_existing`` needs it.
+    """
+
+    __slots__ = (
+        "colpos",
+        "dev",
+        "ends_clean",
+        "head",
+        "header",
+        "ino",
+        "lines",
+        "mtime_ns",
+        "paths",
+        "paths_column",
+        "size",
+        "tail",
+    )
+
+    def __init__(
+        self,
+        st: os.stat_result,
+        header: Header,
+        *,
+        size: int,
+        lines: int,
+        ends_clean: bool,
+        head: bytes,
+        tail: bytes,
+        paths_column: str | None = None,
+        paths: PathOffsets | None = None,
+    ) -> None:
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+        self.mtime_ns = st.st_mtime_ns
+        self.size = size
+        self.header = header
+        self.colpos = {c: i for i, c in enumerate(header.columns)}
+        self.lines = lines
+        self.ends_clean = ends_clean
+        self.head = head
+        self.tail = tail
+        self.paths_column = paths_column
+        self.paths = paths
+
+    def unchanged(self, st: os.stat_result) -> bool:
+        """Whether ``st`` shows the very file this state describes, untouched."""
+        return (
+            st.st_size == self.size
+            and st.st_mtime_ns == self.mtime_ns
+            and st.st_ino == self.ino
+            and st.st_dev == self.dev
+        )
+
+    def set_columns(self, columns: list[str]) -> None:
+        """The header's columns are now ``columns``."""
+        self.header.columns = list(columns)
+        self.colpos = {c: i for i, c in enumerate(columns)}
+
+    def note_append(self, data: bytes, text: str, mtime_ns: int) -> None:
+        """Advance past ``data`` (``text`` encoded), just appended by us."""
+        self.size += len(data)
+        self.mtime_ns = mtime_ns
+        self.lines += count_lines(text)
+        self.ends_clean = True
+        self._note_bytes(data)
+
+    def _note_bytes(self, data: bytes) -> None:
+        self.tail = (self.tail + data)[-TAIL_BYTES:]
+        if len(self.head) < HEAD_BYTES:
+            self.head = (self.head + data)[:HEAD_BYTES]
+
+
+def refresh(s: Session, paths_column: str | None) -> IndexState:
+    """Bring what is known about the locked index up to date, cheaply (writers).
+
+    With ``paths_column``, the state also maps the paths of that column.
+    Updates ``s.st`` if the file had to be changed (a torn write undone or
+    moved aside).
+
+    Raises
+    ------
+    TableError
+        The file (or what was appended to it) is not a well-formed index.
+    OSError
+        Reading failed.
+    """
+    slot = s.slot
+    state = slot.state
+    assert s.st is not None and s.journal is not None
+    if state is not None and state.unchanged(s.st) and (
+        paths_column is None or state.paths_column == paths_column
+    ):
+        return state
+    slot.state = None  # kept again only once up to date
+    record = recover(s)
+    if s.st.st_size < (state.size if state is not None else 0):
+        state = None
+    for _ in range(2):
+        try:
+            if (
+                state is not None
+                and paths_column in (None, state.paths_column)
+                and _read_appended(s.fd, state, s.st, record)
+            ):
+                break
+            state = _load(s.fd, s.st, paths_column)
+            break
+        except TableError as e:
+            start = incomplete_tail(e, s.fd, s.st.st_size)
+            if start is None:
+                raise
+            _move_aside(s.fd, start, s.st.st_size, s.path)
+            s.st = os.fstat(s.fd)
+            state = None
+    assert state is not None
+    slot.state = state
+    return state
+
+
+def recover(s: Session) -> _journal.Record | None:
+    """Undo what a writer killed with the lock held left unfinished (writers).
+
+    Returns the journal's record (for :func:`refresh`); updates ``s.st`` if
+    the file changed.
+    """
+    assert s.journal is not None
+    record = s.journal.read()
+    if _journal.recover(s.journal, record, s.fd, s.st, s.path):
+        s.st = os.fstat(s.fd)
+        s.slot.state = None
+    return record
+
+
+def _read_appended(
+    fd: int, state: IndexState, st: os.stat_result, record: _journal.Record | None
+) -> bool:
+    """Take in the rows appended since ``state``; False if the file changed otherwise.
+
+    The appended bytes are read together with the last known ones, which
+    must be unchanged; so must the first ones, unless the journal shows that
+    the growth ends with an append by one of our writers (who checked the
+    file before appending).
+    """
+    if not (
+        (state.dev, state.ino) == (st.st_dev, st.st_ino)
+        and st.st_size > state.size
+        and state.ends_clean
+        and state.header.columns
+    ):
+        return False
+    known = len(state.tail)
+    data = _files.pread_all(fd, st.st_size - state.size + known, state.size - known)
+    if data[:known] != state.tail:
+        return False
+    if not _explained_by(record, st) and _platform.pread(fd, len(state.head), 0) != state.head:
+        return False
+    data = data[known:]
+    scanner = Scanner(io.BytesIO(data), state.size, state.lines)
+    column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
+    _take_records(scanner.records(), len(state.header.columns), state.paths, column)
+    state.size = scanner.offset
+    state.lines = scanner.line
+    state.ends_clean = scanner.last_eol != ""
+    state.mtime_ns = st.st_mtime_ns
+    state._note_bytes(data)
+    return True
+
+
+def _explained_by(record: _journal.Record | None, st: os.stat_result) -> bool:
+    """Whether ``record`` is a finished append by our writers ending the file."""
+    if record is None or record.op != "append":
+        return False
+    info = record.info
+    return (info.get("dev"), info.get("ino")) == (st.st_dev, st.st_ino) and info.get(
+        "offset", -1
+    ) + info.get("length", 0) == st.st_size
+
+
+def _load(fd: int, st: os.stat_result, paths_column: str | None) -> IndexState:
+    """Read and check the whole file."""
+    f = io.BufferedReader(_files.BoundedReader(fd, st.st_size), 1 << 16)
+    header, scanner, records = read_header(f)
+    columns = header.columns
+    n = len(columns)
+    paths = PathOffsets() if paths_column is not None else None
+    column = columns.index(paths_column) if paths_column in columns else None
+    if n:
+        # Check the plain rows in bulk (and map their paths if asked).
+        records.close()
+        f.seek(scanner.offset)
+        each = None
+        if paths is not None and column is not None:
+            mapped, at = paths, column
+
+            def each(block: bytes, offset: int) -> None:
+                mapped.add_plain_lines(block, offset, at)
+
+        offset, line, eol = skim(f, scanner.offset, scanner.line, n, each)
+        if offset == scanner.offset:
+            eol = scanner.last_eol  # nothing skimmed: still after the header
+        scanner = Scanner(f, offset, line)
+        scanner.last_eol, scanner.consumed_any = eol, True
+        records = scanner.records()
+    _take_records(records, n, paths, column)
+    size = scanner.offset
+    head, tail = head_and_tail(fd, size)
+    return IndexState(
+        st,
+        header,
+        size=size,
+        lines=scanner.line,
+        ends_clean=scanner.last_eol != "" or not scanner.consumed_any,
+        head=head,
+        tail=tail,
+        paths_column=paths_column,
+        paths=paths,
+    )
+
+
+def _take_records(
+    records: Iterable[tuple[int, int, list[str]]],
+    ncols: int,
+    paths: PathOffsets | None,
+    column: int | None,
+) -> None:
+    """Check parsed records against the header; map their paths if asked."""
+    for line, start, fields in records:
+        if len(fields) > ncols:
+            raise too_wide(line, len(fields), ncols)
+        if paths is not None and column is not None and column < len(fields):
+            paths.add(fields[column], start)
+
+
+def head_and_tail(fd: int, size: int) -> tuple[bytes, bytes]:
+    """The first and last bytes of a file of ``size`` bytes, as a state keeps them."""
+    head = _files.pread_all(fd, min(size, HEAD_BYTES), 0)
+    tail = _files.pread_all(fd, min(size, TAIL_BYTES), max(0, size - TAIL_BYTES))
+    return head, tail
+
+
+def incomplete_tail(error: TableError, fd: int, size: int) -> int | None:
+    """Where a provably incomplete last record starts, if ``error`` is about one.
+
+    Provably incomplete: the file does not end with a line terminator, and
+    the last record cannot be a row -- its quote never closes, or its last
+    bytes are not whole UTF-8. Such bytes are what a write cut short leaves;
+    no program writes them on purpose. None for any other error.
+    """
+    if size == 0 or _platform.pread(fd, 1, size - 1) in (b"\n", b"\r"):
+        return None
+    if error.kind == "unclosed-quote" and error.start is not None:
+        return error.start
+    if error.kind == "not-utf8" and error.offset is not None:
+        lo = max(0, error.offset - (1 << 16))
+        data = _files.pread_all(fd, size - lo, lo)
+        bad = error.offset - lo
+        if b"\n" in data[bad:] or b"\r" in data[bad:]:
+            return None  # not in the last line
+        cut = max(data.rfind(b"\n", 0, bad), data.rfind(b"\r", 0, bad))
+        if cut >= 0 or lo == 0:
+            return lo + cut + 1
+    return None
+
+
+def _move_aside(fd: int, start: int, size: int, index: str) -> None:
+    """Keep the bytes from ``start`` to the end in a file next to the index, then cut them."""
+    directory, name = os.path.split(index)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    keep = os.path.join(directory, _files.sidecar_name(name, f"incomplete-{stamp}",
+                                                       hidden=False, directory=directory))
+    data = _files.pread_all(fd, size - start, start)
+    out = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _platform.O_BINARY, 0o666)
+    try:
+        _files.write_all(out, data)
+        os.fsync(out)
+    finally:
+        os.close(out)
+    os.ftruncate(fd, start)
+    logger.warning(
+        "%s ended with an incomplete row (%d bytes, no line end: a write cut short); "
+        "moved it to %s",
+        index,
+        size - start,
+        keep,
+    )
+
+
+def stored_equals(fd: int, state: IndexState, offset: int, row: Row) -> bool:
+    """Whether the row stored at ``offset`` already holds exactly ``row``."""
+    want = 4096
+    while True:
+        data = _platform.pread(fd, want, offset)
+        complete = offset + len(data) >= state.size
+        try:
+            scanner = Scanner(io.BytesIO(data), offset, 0)
+            rec = next(scanner.records(), None)
+            if rec is not None and (scanner.last_eol or complete):
+                break
+        except TableError:
+            if complete:
+                raise
+        want *= 4
+    assert rec is not None
+    fields = rec[2]
+    columns = state.header.columns
+    fields += [""] * (len(columns) - len(fields))
+    return fields == [row.get(c, "") for c in columns]
+
+
+def iter_rows(fd: int, end: int) -> tuple[list[str], Iterator[dict[str, str]]]:
+    """The columns, and every row of the first ``end`` bytes of the index (readers).
+
+    Rows have every column (missing values are ""). A provably incomplete
+    last record (see :func:`incomplete_tail`) is left out.
+
+    Raises
+    ------
+    TableError
+        The file is not a well-formed index.
+    """
+    stream: BinaryIO = io.BufferedReader(_files.BoundedReader(fd, end), 1 << 16)
+    header, _, records = read_header(stream)
+    columns = header.columns
+    return columns, _rows(columns, records, fd, end)
+
+
+def _rows(
+    columns: list[str], records: Iterator[tuple[int, int, list[str]]], fd: int, end: int
+) -> Iterator[dict[str, str]]:
+    n = len(columns)
+    try:
+        for line, _, fields in records:
+            if len(fields) > n:
+                raise too_wide(line, len(fields), n)
+            if len(fields) < n:
+                fields += [""] * (n - len(fields))
+            yield dict(zip(columns, fields, strict=True))
+    except TableError as e:
+        if incomplete_tail(e, fd, end) is None:
+            raise
+
+
+def count_lines(text: str) -> int:
+    """Physical lines in ``text`` as a ``newline=""`` stream splits them: CR LF, LF, CR."""
+    return text.count("\n") + text.count("\r") - text.count("\r\n")

@@ -1,0 +1,157 @@
+"""The one place where tests reach into index-writer's internals.
+
+Some guarantees can only be tested by putting a writer into a state no public
+call leaves it in: holding the lock while another thread or process tries to
+write, forgetting what this process knows (as a brand-new process would), or
+leaving the crash journal a killed writer leaves. Those hooks live here, so
+the rest of the suite uses the public API and a change of internals is
+mended in one file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import fasteners
+
+from index_writer import IndexWriter, _handles, _journal, _lock
+
+#: The first bytes of a crash journal.
+JOURNAL_MAGIC = _journal.MAGIC
+
+
+@contextmanager
+def holding_lock(writer: IndexWriter) -> Iterator[None]:
+    """Hold ``writer``'s lock exactly as a write in progress does, until the block ends.
+
+    That is every layer: this process's mutexes, the lock file and the index
+    file itself (created if needed). A helper thread holds them, so the block
+    may run in any thread.
+    """
+    held, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def step(session: object) -> None:
+        held.set()
+        done.wait()
+
+    def hold() -> None:
+        try:
+            _lock.run_locked(
+                writer._index, writer._lock_abs, write=True, create=True, timeout=None, step=step
+            )
+        except BaseException as e:
+            errors.append(e)
+            held.set()
+
+    t = threading.Thread(target=hold, daemon=True)
+    t.start()
+    held.wait()
+    if errors:
+        raise errors[0]
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+
+
+@contextmanager
+def holding_lock_file_only(writer: IndexWriter) -> Iterator[None]:
+    """Hold only the lock file, as med-imagetools' writer does (no index lock)."""
+    lock = fasteners.InterProcessLock(str(writer.lock_path))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def recover(index: str | os.PathLike[str]) -> None:
+    """Do what the next writer does first: undo a write a crash cut short.
+
+    Nothing else is written (no entry); a missing index stays missing.
+    """
+    from index_writer import _state
+
+    def step(session: _lock.Session | None) -> None:
+        if session is not None:
+            _state.refresh(session, None)
+
+    absolute = os.path.abspath(index)
+    _lock.run_locked(
+        absolute, absolute + ".lock", write=True, create=False, timeout=None, step=step
+    )
+
+
+def forget_all() -> None:
+    """Drop this process's knowledge and open files of every index, as a new process has none."""
+    for slot in list(_handles._slots.values()):
+        with slot.mutex:
+            slot.close_files()
+            slot.state = None
+
+
+def path_offsets(writer: IndexWriter, paths: Iterable[str]) -> tuple[dict[str, int | None], int]:
+    """Where this process's map of ``writer``'s index puts each of ``paths``.
+
+    Returns ``{path: offset, or -1 for several rows, or None}`` and how many
+    distinct paths the map holds in all.
+    """
+    found = _handles.slot_for(writer._index, create_directory=False)
+    assert found is not None
+    slot = found[0]
+    assert slot.state is not None and slot.state.paths is not None
+    mapped = slot.state.paths
+    return {p: mapped.where(p) for p in paths}, len(mapped)
+
+
+def journal_path(index: str | os.PathLike[str]) -> str:
+    """The file holding ``index``'s crash journal."""
+    return _handles.journal_path(os.path.realpath(index))
+
+
+def journal_record(index: str | os.PathLike[str]) -> dict[str, object] | None:
+    """The operation ``index``'s journal holds (finished or not), or None."""
+    record = _journal.read_journal(journal_path(index))
+    return None if record is None else record.info
+
+
+def journal_pending(index: str | os.PathLike[str]) -> bool:
+    """Whether ``index``'s journal shows a change the next writer would undo."""
+    record = _journal.read_journal(journal_path(index))
+    if record is None:
+        return False
+    if record.op == "rewrite":
+        return True
+    fd = os.open(index, os.O_RDONLY)
+    try:
+        return _journal.torn_append_start(record, fd, os.fstat(fd)) is not None
+    finally:
+        os.close(fd)
+
+
+def write_journal(index: str, record: bytes, payload: bytes = b"") -> None:
+    """Leave ``record`` in ``index``'s journal, as a writer killed mid-change does."""
+    path = journal_path(index)
+    fd = _journal.open_journal(path, None)
+    try:
+        # Overwritten in place, as writers do: a longer earlier record's tail stays.
+        _journal.Journal(fd, path).write(record, False, payload)
+    finally:
+        os.close(fd)
+
+
+def write_append_journal(index: str, offset: int, data: bytes) -> None:
+    """The journal a writer leaves when killed while appending ``data`` at ``offset``."""
+    st = os.stat(index)
+    record, payload = _journal.append_record(st.st_dev, st.st_ino, offset, data)
+    write_journal(index, record, payload)
+
+
+def write_rewrite_journal(index: str, temp: str) -> None:
+    """The journal a writer leaves when killed while rewriting through ``temp``."""
+    write_journal(index, _journal.rewrite_record(temp))
