@@ -52,6 +52,9 @@ def test_public_names_and_hierarchy() -> None:
         "CheckReport",
         "dedupe",
         "DedupeRefusedError",
+        # med-imagetools integration (tests/test_imgtools*.py).
+        "install_as_imgtools",
+        "uninstall_as_imgtools",
     }
     for cls in (
         index_writer.DedupeRefusedError,
