@@ -45,6 +45,7 @@ __all__ = [
     "generation",
     "journal_name",
     "journal_path",
+    "known_state",
     "lock_file_for",
     "open_limit",
     "slot_for",
@@ -262,6 +263,15 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
         _evict(_slots)
     _resolved[index] = (slot, real)
     return slot, real
+
+
+def known_state(index: str) -> IndexState | None:
+    """What this process last knew about the index at ``index``, if anything.
+
+    Read without the lock, as a hint (see :func:`._plan.guess_append`).
+    """
+    hit = _resolved.get(index)
+    return None if hit is None else hit[0].state
 
 
 def lock_file_for(path: str) -> LockFile:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from . import _commit, _files, _handles, _state
 from ._errors import IndexLockTimeoutError, IndexReadError, IndexWriteError
 from ._lock import LockTimeout, Session, run_locked
-from ._plan import Append, plan
+from ._plan import Append, guess_append, plan
 from ._rows import Row, as_path_str, prepare
 
 __all__ = ["IndexWriter", "copy_snapshot", "replace_contents"]
@@ -301,13 +301,18 @@ class IndexWriter:
         ['0', '1', '0']
         """
         rows = prepare(entries, filepath_column)
-        if rows:
-            self._run(
-                True,
-                lambda s, phase: self._write(
-                    s, phase, rows, filepath_column, replace_existing, merge_columns
-                ),
-            )
+        if not rows:
+            return
+        # Format the rows now, for the header known now: the lock is then held
+        # only for the system calls, unless the header changed meanwhile.
+        known = _handles.known_state(self._index)
+        guess = guess_append(known, rows) if known is not None else None
+        self._run(
+            True,
+            lambda s, phase: self._write(
+                s, phase, rows, filepath_column, replace_existing, merge_columns, guess
+            ),
+        )
 
     def read_rows(self) -> list[dict[str, str]]:
         """Return every row of the index, as a consistent snapshot.
@@ -353,6 +358,7 @@ class IndexWriter:
         filepath_column: str,
         replace_existing: bool,
         merge_columns: bool,
+        guess: Append | None,
     ) -> None:
         assert s is not None and s.journal is not None
         committed = False
@@ -367,6 +373,7 @@ class IndexWriter:
                 merge_columns=merge_columns,
                 is_stored=lambda offset, row: _state.stored_equals(s.fd, state, offset, row),
                 index_path=self.index_path,
+                guess=guess,
             )
             phase.reading = False
             try:
