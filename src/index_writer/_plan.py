@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._errors import IndexSchemaMismatchError
-from ._paths import DUPLICATE
 from ._rows import Row, encode
 from ._state import IndexState
 from ._table import format_row
@@ -118,17 +117,18 @@ def plan(
     *,
     replace_existing: bool,
     merge_columns: bool,
-    is_stored: Callable[[int, Row], bool],
+    stored_row: Callable[[int], list[str]],
     index_path: Path,
     guess: Append | None = None,
 ) -> Append | Rewrite | None:
     """What writing ``rows`` to the index described by ``state`` takes.
 
-    ``is_stored(offset, row)`` tells whether the row stored at ``offset``
-    already equals ``row`` (it reads the file; it is only called for
-    ``replace_existing``). ``state.paths`` must map ``filepath_column`` when
-    ``replace_existing`` is set. ``guess`` is :func:`guess_append`'s answer,
-    used if the header is still the one it was made for.
+    ``stored_row(offset)`` reads the fields of the row stored at ``offset``
+    (it is only called for ``replace_existing``, to check the rows
+    ``state.paths`` names as candidates). ``state.paths`` must map
+    ``filepath_column`` when ``replace_existing`` is set. ``guess`` is
+    :func:`guess_append`'s answer, used if the header is still the one it
+    was made for.
 
     Raises
     ------
@@ -148,15 +148,14 @@ def plan(
     appends = rows
     replacements: dict[str, Row] = {}
     if replace_existing:
-        paths = state.paths
-        assert paths is not None
+        assert state.paths is not None
         latest = {row[filepath_column]: row for row in rows}
         appends = []
         for path, row in latest.items():
-            where = paths.where(path)
-            if where is None:
+            stored = _stored_rows(state, path, filepath_column, stored_row)
+            if not stored:
                 appends.append(row)
-            elif rewrite or where == DUPLICATE or not is_stored(where, row):
+            elif rewrite or len(stored) > 1 or stored[0] != [row.get(c, "") for c in columns]:
                 replacements[path] = row
         rewrite = rewrite or bool(replacements)
 
@@ -175,6 +174,22 @@ def plan(
     if columns:
         return Append(columns, "" if state.ends_clean else eol, appends, eol)
     return Append(new_columns, format_row(new_columns, eol), appends, eol)
+
+
+def _stored_rows(
+    state: IndexState, path: str, filepath_column: str, stored_row: Callable[[int], list[str]]
+) -> list[list[str]]:
+    """The rows holding ``path`` (each padded to the header's width)."""
+    column = state.colpos.get(filepath_column)
+    if column is None or state.paths is None:
+        return []
+    width = len(state.header.columns)
+    rows = []
+    for offset in state.paths.candidates(path):
+        fields = stored_row(offset)
+        if column < len(fields) and fields[column] == path:
+            rows.append(fields + [""] * (width - len(fields)))
+    return rows
 
 
 def _new_columns(

@@ -34,7 +34,6 @@ from typing import BinaryIO
 from . import _files, _journal, _platform
 from ._lock import Session
 from ._paths import PathOffsets
-from ._rows import Row
 from ._table import Header, Scanner, TableError, read_header, skim, too_wide
 
 __all__ = [
@@ -44,7 +43,7 @@ __all__ = [
     "iter_rows",
     "recover",
     "refresh",
-    "stored_equals",
+    "stored_row",
 ]
 
 logger = logging.getLogger(__name__)
@@ -402,8 +401,8 @@ def _move_aside(fd: int, start: int, size: int, index: str) -> None:
     )
 
 
-def stored_equals(fd: int, state: IndexState, offset: int, row: Row) -> bool:
-    """Whether the row stored at ``offset`` already holds exactly ``row``."""
+def stored_row(fd: int, state: IndexState, offset: int) -> list[str]:
+    """The fields of the row stored at ``offset`` of the index open as ``fd``."""
     want = 4096
     while True:
         data = _platform.pread(fd, want, offset)
@@ -412,16 +411,13 @@ def stored_equals(fd: int, state: IndexState, offset: int, row: Row) -> bool:
             scanner = Scanner(io.BytesIO(data), offset, 0)
             rec = next(scanner.records(), None)
             if rec is not None and (scanner.last_eol or complete):
-                break
+                return rec[2]
         except TableError:
             if complete:
                 raise
+        if complete:
+            return []
         want *= 4
-    assert rec is not None
-    fields = rec[2]
-    columns = state.header.columns
-    fields += [""] * (len(columns) - len(fields))
-    return fields == [row.get(c, "") for c in columns]
 
 
 def iter_rows(fd: int, end: int) -> tuple[list[str], Iterator[dict[str, str]]]:

@@ -371,7 +371,7 @@ class IndexWriter:
                 filepath_column,
                 replace_existing=replace_existing,
                 merge_columns=merge_columns,
-                is_stored=lambda offset, row: _state.stored_equals(s.fd, state, offset, row),
+                stored_row=lambda offset: _state.stored_row(s.fd, state, offset),
                 index_path=self.index_path,
                 guess=guess,
             )
