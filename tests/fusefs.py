@@ -296,11 +296,11 @@ def _unescape(field: str) -> str:
     return field
 
 
-def unmount(mountpoint: str | os.PathLike[str]) -> None:
-    """Unmount, lazily if busy; never raises (it runs in teardowns)."""
+def unmount(mountpoint: str | os.PathLike[str]) -> bool:
+    """Unmount, lazily if busy; return whether it had to be lazy. Never raises."""
     for args in (["-u"], ["-u", "-z"]):
         if not is_mounted(mountpoint):
-            return
+            return args != ["-u"]
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(
                 ["fusermount3", *args, str(mountpoint)],
@@ -308,6 +308,7 @@ def unmount(mountpoint: str | os.PathLike[str]) -> None:
                 timeout=UNMOUNT_TIMEOUT,
                 check=False,
             )
+    return True
 
 
 @contextlib.contextmanager
@@ -347,9 +348,11 @@ def mounted(
             time.sleep(0.02)
         yield Path(mountpoint)
     finally:
-        unmount(mountpoint)
+        # After a lazy unmount the filesystem serves the files still open
+        # until they close: give them a moment, then stop it.
+        lazy = unmount(mountpoint)
         try:
-            proc.wait(timeout=UNMOUNT_TIMEOUT)
+            proc.wait(timeout=2 if lazy else UNMOUNT_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -324,7 +324,7 @@ def _unescape_mountinfo(field: str) -> str:
 
 def _parse_mountinfo(text: str) -> list[Mount]:
     mounts = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # the kernel escapes only " \t\n\\" in fields
         fields = line.split(" ")
         try:
             sep = fields.index("-", 6)
@@ -729,7 +729,7 @@ def _child_replace(target: str, count: str, done: str) -> int:
 
 def _child_read(target: str, done: str, timeout: str) -> int:
     deadline = time.monotonic() + float(timeout)
-    reads = missing = partial = 0
+    reads = missing = partial = stale = 0
     example = ""
     _say("ready")
     while not os.path.exists(done) and time.monotonic() < deadline:
@@ -739,13 +739,21 @@ def _child_read(target: str, done: str, timeout: str) -> int:
         except FileNotFoundError:
             missing += 1
             continue
+        except OSError as e:
+            # A network filesystem may answer ESTALE when the file was
+            # replaced between looking it up and opening it: an error the
+            # reader sees and retries, never a wrong content.
+            if e.errno != errno.ESTALE:
+                raise
+            stale += 1
+            continue
         reads += 1
         problem = _check_version(data)
         if problem is not None:
             partial += 1
             example = example or problem
     _say(json.dumps({"reads": reads, "missing": missing, "partial": partial,
-                      "example": example}))
+                      "stale": stale, "example": example}))
     return 0
 
 
@@ -930,8 +938,9 @@ class _Probes:
         reads = sum(r["reads"] for r in results)
         missing = sum(r["missing"] for r in results)
         partial = sum(r["partial"] for r in results)
+        stale = sum(r["stale"] for r in results)
         details = {"replaces": self.REPLACES, "reads": reads, "missing": missing,
-                   "partial": partial}
+                   "partial": partial, "stale": stale}
         if missing or partial:
             example = next((r["example"] for r in results if r["example"]), "")
             what = []
@@ -945,10 +954,11 @@ class _Probes:
                 f"{self.REPLACES} replacements, {' and '.join(what)}",
                 details,
             )
+        note = f" ({stale} opens failed with ESTALE and were retried)" if stale else ""
         return Check(
             "replace", "ok",
             f"{self.REPLACES} os.replace calls: {reads} reads by {self.READERS} other "
-            "processes saw only whole files",
+            f"processes saw only whole files{note}",
             details,
         )
 
@@ -1267,24 +1277,23 @@ def _shared_append_problems(data: bytes, total: int) -> list[str]:
 # ---------------------------------------------------------------- the verdict
 
 
-def _local_verdict(rule: MountRule | None, checks: list[Check]) -> tuple[str, str]:
+def _local_verdict(
+    mount: Mount | None, rule: MountRule | None, checks: list[Check]
+) -> tuple[str, str]:
     """The verdict from the mount and the probes of this host, with its reason."""
-    for outcome, verdict in (("unsafe", "unsafe"), ("failed", "failed")):
+    for outcome in ("unsafe", "failed"):
         bad = [c for c in checks if c.outcome == outcome]
         if bad:
-            return verdict, bad[0].message
+            return outcome, bad[0].message
+    fstype = "its filesystem" if mount is None else mount.fstype
     if rule is None:
         return "safe-single-host", (
-            "the live checks passed on this host, but the mount does not tell whether "
-            "locks reach other hosts"
+            f"the live checks passed, but nothing tells whether {fstype} shares locks "
+            "between hosts"
         )
     if rule.verdict == "safe":
-        return "safe", f"{rule.filesystem}: {rule.reason}; the live checks passed"
-    if rule.verdict == "unknown":
-        return "safe-single-host", (
-            f"{rule.filesystem}: {rule.reason}; the live checks passed on this host"
-        )
-    return "safe-single-host", f"{rule.filesystem}: {rule.reason}; the live checks passed"
+        return "safe", f"{fstype}: {rule.reason}; the live checks passed"
+    return "safe-single-host", f"{fstype}: {rule.reason}; the live checks passed"
 
 
 def _mount_check(mount: Mount | None) -> tuple[Check, MountRule | None]:
@@ -1430,7 +1439,7 @@ def diagnose(
         checks = [mount_check, *_run_local(path, float(timeout), me)]
     except OSError as e:
         return failed(f"cannot run the live checks: {_describe(e)}", [mount_check])
-    verdict, reason = _local_verdict(rule, checks)
+    verdict, reason = _local_verdict(mount, rule, checks)
     report = Report(shown, verdict, "", checks, mount, host, hosts)
     if hosts > 1:
         _multi_host(report, path / f"{PROBE_PREFIX}.{run_id}", me, hosts, float(timeout),
@@ -1445,8 +1454,8 @@ def _summary(shown: str, verdict: str, reason: str) -> str:
         return f"{shown}: writers on several hosts can share an index here ({reason})"
     if verdict == "safe-single-host":
         return (
-            f"{shown}: writers on this host can share an index here ({reason}); for "
-            "writers on several hosts, run the check on them at once with --hosts"
+            f"{shown}: safe for writers on this host only ({reason}); to check writers "
+            "on several hosts, run this on them at once with --hosts N"
         )
     if verdict == "unsafe":
         return f"{shown}: NOT safe to share an index here: {reason}"
