@@ -5,7 +5,12 @@ It mirrors a source directory at a mount point. Three lock modes:
 ``kernel``
     The filesystem implements no lock operation, so the kernel keeps POSIX
     locks itself, on this host: processes here exclude each other, as on a
-    local disk.
+    local disk, and locking never reaches the filesystem.
+``posix``
+    The filesystem keeps the locks: every lock request reaches it (and pays
+    ``delay``, as on NFS), and it applies the lock to its own descriptor of
+    the file as an open-file-description lock, so different opens exclude
+    each other. Closing the file (or the death of its process) releases it.
 ``nolock``
     The filesystem's lock operation grants every request (and ``F_GETLK``
     always answers "unlocked"). This is what an NFS client mounted ``nolock``
@@ -37,14 +42,15 @@ import errno
 import fcntl
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-LOCK_MODES = ("kernel", "nolock", "enolck")
+LOCK_MODES = ("kernel", "posix", "nolock", "enolck")
 MOUNT_TIMEOUT = 15.0
 UNMOUNT_TIMEOUT = 10.0
 
@@ -246,11 +252,40 @@ def _operations(source: str, locks: str, delay: float) -> Any:
     class Locking(Passthrough):
         def lock(self, path: str, fh: int, cmd: int, lock: Any) -> int:
             self._wait()
+            if locks == "posix":
+                raise AssertionError("posix locks go through lock_owned()")
             if locks == "enolck":
                 raise mfusepy.FuseOSError(errno.ENOLCK)
             if cmd == fcntl.F_GETLK:
                 lock.contents.l_type = fcntl.F_UNLCK  # "nobody holds it"
             return 0  # every F_SETLK / F_SETLKW / unlock is granted
+
+        owners: ClassVar[dict[tuple[int, int], int]] = {}  # (inode, owner) -> descriptor
+
+        def _ofd_lock(self, fh: int, owner: int, cmd: int, fl: Any) -> int:
+            # POSIX locks belong to a process (the kernel's lock owner), so
+            # each owner gets a descriptor of its own for the file and the
+            # lock is taken on it as an open-file-description lock: owners
+            # exclude each other, an owner never blocks itself, and the
+            # unlock the kernel sends when an owner closes the file releases
+            # that owner's locks only.
+            key = (os.fstat(fh).st_ino, owner)
+            fd = self.owners.get(key)
+            if fd is None:
+                fd = self.owners[key] = os.open(f"/proc/self/fd/{fh}", os.O_RDWR)
+            # struct flock on Linux: short type, short whence, off_t start,
+            # off_t len, pid_t pid (0 for open-file-description locks).
+            fmt = "hh4xqqi4x"
+            arg = struct.pack(fmt, fl.l_type, fl.l_whence, fl.l_start, fl.l_len, 0)
+            if cmd == fcntl.F_GETLK:
+                l_type, _, start, length, _pid = struct.unpack(
+                    fmt, fcntl.fcntl(fd, fcntl.F_OFD_GETLK, arg)
+                )
+                fl.l_type, fl.l_start, fl.l_len = l_type, start, length
+                return 0
+            op = fcntl.F_OFD_SETLKW if cmd == fcntl.F_SETLKW else fcntl.F_OFD_SETLK
+            fcntl.fcntl(fd, op, arg)  # EAGAIN when busy goes back to the caller
+            return 0
 
     return Locking()
 
@@ -261,7 +296,18 @@ def serve(source: str, mountpoint: str, locks: str = "kernel", delay: float = 0.
 
     if locks not in LOCK_MODES:
         raise ValueError(f"locks must be one of {LOCK_MODES}, not {locks!r}")
-    mfusepy.FUSE(
+    class Fuse(mfusepy.FUSE):  # type: ignore[misc]
+        def lock(self, path: bytes | None, fip: Any, cmd: int, lock: Any) -> int:
+            # The lock owner is only in the raw file info: pass it on.
+            ops = self.operations
+            if locks != "posix":
+                return super().lock(path, fip, cmd, lock)  # type: ignore[no-any-return]
+            ops._wait()
+            result: int = ops._ofd_lock(fip.contents.fh, fip.contents.lock_owner, cmd,
+                                        lock.contents)
+            return result
+
+    Fuse(
         _operations(source, locks, delay),
         mountpoint,
         foreground=True,

@@ -374,6 +374,14 @@ def test_fuse_with_kernel_locks_passes_every_probe(fuse: Callable[..., Path]) ->
     assert leftovers(mnt) == []
 
 
+def test_fuse_that_keeps_locks_itself_passes_every_probe(fuse: Callable[..., Path]) -> None:
+    mnt = fuse("posix")
+    report = diagnose(mnt, timeout=30)
+    assert report.verdict == "safe-single-host", report.render()
+    assert_all_ok(report)
+    assert leftovers(mnt) == []
+
+
 def test_fuse_whose_locks_do_not_lock_is_unsafe(fuse: Callable[..., Path]) -> None:
     mnt = fuse("nolock")
     report = diagnose(mnt, timeout=30)
@@ -549,7 +557,7 @@ def test_harness_lock_modes(fuse: Callable[..., Path]) -> None:
         return out == "got"
 
     results = {}
-    for mode in ("kernel", "nolock"):
+    for mode in ("kernel", "posix", "nolock"):
         path = fuse(mode) / "lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT)
         try:
@@ -557,7 +565,7 @@ def test_harness_lock_modes(fuse: Callable[..., Path]) -> None:
             results[mode] = second_process_gets(path)
         finally:
             os.close(fd)
-    assert results == {"kernel": False, "nolock": True}
+    assert results == {"kernel": False, "posix": False, "nolock": True}
 
     fd = os.open(fuse("enolck") / "lock", os.O_RDWR | os.O_CREAT)
     try:
