@@ -16,7 +16,6 @@ import csv
 import hashlib
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import random
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import _internals
 from index_writer import IndexWriter
 
 #: Length of the value in the ``blob`` column of "big" entries (``/big`` paths).
@@ -456,24 +456,13 @@ def hold_writer_lock_until_told(index: str, conn: Any, mid_write: bool = False) 
 
     The lock file's two layers (thread lock + fasteners) as every call takes
     them; with ``mid_write``, also the index file itself opened and locked
-    as a write in progress holds it (``IndexWriter._open_index``). Sends
+    as a write in progress holds it (see ``_internals.holding_lock``). Sends
     ``"held"`` once locked, releases on any message, then sends
     ``"released"``.
     """
-    w = IndexWriter(index)
-    journal = w._lock.acquire()
-    fd = -1
-    try:
-        if mid_write:
-            opened = w._open_index(journal, write=True, create=True)
-            assert opened is not None
-            fd = opened[0]
+    with _internals.holding_lock(IndexWriter(index), index_too=mid_write):
         conn.send("held")
         conn.recv()
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        w._lock.release()
     conn.send("released")
 
 
@@ -482,36 +471,15 @@ def locked_unlink_loop(index: str, stop: Any, count: Any) -> None:
     w = IndexWriter(index)
     n = 0
     while not stop.is_set():
-        w._lock.acquire()
-        try:
-            os.unlink(index + ".lock")
-            n += 1
-        except FileNotFoundError:
-            pass
-        finally:
-            w._lock.release()
+        with _internals.holding_lock(w):
+            try:
+                os.unlink(index + ".lock")
+                n += 1
+            except FileNotFoundError:
+                pass
         time.sleep(0.0005)
     count.value = n
 
 
-def fake_journal_record(index: str, record: bytes, payload: bytes = b"") -> None:
-    """Leave ``record`` active in the lock file's journal, as a killed writer does."""
-    from index_writer._lock import Journal
-
-    fd = os.open(index + ".lock", os.O_RDWR | os.O_CREAT)
-    try:
-        # Overwritten in place, as writers do: a longer earlier record's tail stays.
-        Journal(fd).write(record, False, payload)
-    finally:
-        os.close(fd)
-
-
-def fake_append_journal(index: str, offset: int, data: bytes) -> None:
-    """The journal a writer leaves when killed while appending ``data`` at ``offset``."""
-    from index_writer._writer import _append_record
-
-    st = os.stat(index)
-    record, payload = _append_record(
-        json.dumps(os.path.abspath(index)), st.st_dev, st.st_ino, offset, data
-    )
-    fake_journal_record(index, record, payload)
+fake_journal_record = _internals.write_journal
+fake_append_journal = _internals.write_append_journal

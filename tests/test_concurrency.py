@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import _internals
 from _workers import (
     check_index,
     context_for,
@@ -404,12 +405,9 @@ def test_lock_timeout_across_threads(tmp_path: Path) -> None:
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        holder_writer._lock.acquire()  # both layers, exactly as a write takes them
-        try:
+        with _internals.holding_lock(holder_writer):  # exactly as a write takes it
             held.set()
             release.wait()
-        finally:
-            holder_writer._lock.release()
 
     t = threading.Thread(target=holder)
     t.start()

@@ -4,10 +4,11 @@ A writer killed at any instant must leave an index that reads (with
 ``read_rows`` and with the csv module), holds every entry whose
 ``write_entry``/``write_entries`` had returned, and has no partial row.
 
-The journal (``_lock.Journal``) lives in the lock file: before an append the
-writer records ``{"op": "append", "dev", "ino", "offset", "length"}`` after
+The crash journal (``index_writer._journal``): before an append the writer
+records ``{"op": "append", "dev", "ino", "offset", "length"}`` after
 ``MAGIC + b"A"``; afterwards it overwrites ``A`` with ``D``. The next lock
 holder truncates an append that is still marked active and is cut short.
+Tests find the journal through ``_internals``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import _internals
 from _workers import (
     big_path,
     check_index,
@@ -36,7 +38,6 @@ from _workers import (
     write_range,
 )
 from index_writer import IndexWriter
-from index_writer._lock import Journal
 
 FORK = multiprocessing.get_context("fork")
 
@@ -62,17 +63,17 @@ def _lock_holder(lock_path: str) -> int | None:
     return None
 
 
-def _wait_for_active_journal(lock_path: str, seconds: float, big_append: bool) -> bool:
-    """Poll the lock file until its journal shows an operation in progress.
+def _wait_for_active_journal(index: str, seconds: float, big_append: bool) -> bool:
+    """Poll ``index``'s journal until it shows an operation in progress.
 
     With ``big_append``, only an append of more than 1 MB counts (the only
     appends long enough for a kill to land inside them).
     """
-    marker = len(Journal.MAGIC)
+    marker = len(_internals.JOURNAL_MAGIC)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            with open(lock_path, "rb") as f:
+            with open(_internals.journal_path(index), "rb") as f:
                 data = f.read(4096)
         except OSError:
             continue
@@ -130,7 +131,7 @@ def test_sigkill_writers_at_random_moments(
         time.sleep(rng.uniform(0.02, 0.3))  # let time pass: the kill lands anywhere
         k = rng.randrange(len(live))
         aim = rng.random()
-        if aim < 0.3 and _wait_for_active_journal(lock, 0.5, big_append=True):
+        if aim < 0.3 and _wait_for_active_journal(index, 0.5, big_append=True):
             # Kill every writer at once: no time lost finding the holder.
             for p in live:
                 os.kill(p.pid, signal.SIGKILL)
@@ -142,7 +143,7 @@ def test_sigkill_writers_at_random_moments(
             targeted += 1
             continue
         k = rng.randrange(len(live))
-        if aim < 0.6 and _wait_for_active_journal(lock, 0.5, big_append=False):
+        if aim < 0.6 and _wait_for_active_journal(index, 0.5, big_append=False):
             holder = _lock_holder(lock)
             pids = [p.pid for p in live]
             if holder in pids:
@@ -210,17 +211,14 @@ def test_sigkill_inside_a_large_append_is_rolled_back(tmp_path: Path) -> None:
         size = os.stat(index).st_size
         if size > len(before):
             torn_seen = True
-            journal = Path(index + ".lock").read_bytes()
-            assert journal.startswith(Journal.MAGIC + b"A"), journal[:80]
-            record = json.loads(journal[len(Journal.MAGIC) + 1 :].split(b"\n")[0])
+            record = _internals.journal_record(index)
+            assert record is not None
             assert record["op"] == "append"
             assert record["offset"] == len(before) < size < len(before) + record["length"]
         # The next writer (here a reader: same lock, same recovery) rolls back.
         check_index(index, exact=base)
         assert Path(index).read_bytes() == before
-        assert (
-            Path(index + ".lock").read_bytes()[len(Journal.MAGIC) : len(Journal.MAGIC) + 1] == b"D"
-        )
+        assert _internals.journal_record(index) is None
         if torn_seen:
             break
     assert torn_seen, "never managed to kill the writer inside its write"
@@ -272,7 +270,7 @@ def test_torn_append_is_truncated_by_the_next_writer(tmp_path: Path, fraction: f
     assert after.startswith(before)
     assert b"torn" not in after
     check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})
-    assert Path(index + ".lock").read_bytes()[len(Journal.MAGIC) : len(Journal.MAGIC) + 1] == b"D"
+    assert _internals.journal_record(index) is None
 
 
 def test_torn_append_is_truncated_in_the_process_that_knows_the_file(tmp_path: Path) -> None:
@@ -320,8 +318,7 @@ def test_file_without_final_newline_and_no_journal_keeps_its_last_row(tmp_path: 
     data = Path(index).read_bytes()
     assert data.endswith(b"\n")
     Path(index).write_bytes(data[:-1])  # as if saved by an editor
-    for lock in (Path(index + ".lock"),):
-        lock.unlink()  # no journal at all
+    os.unlink(_internals.journal_path(index))  # no journal at all
     _recover_in_fresh_process(index, "next")
     assert Path(index).read_bytes().startswith(data)
     check_index(index, exact={p0, p1, entry_path("next", 0)})

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import _internals
 from _workers import (
     check_index,
     context_for,
@@ -186,13 +187,9 @@ def test_fork_while_another_thread_holds_the_lock(tmp_path: Path) -> None:
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:
-        # Hold both layers (thread lock + fasteners) exactly as a write does.
-        writer._lock.acquire()
-        try:
+        with _internals.holding_lock(writer):  # exactly as a write holds it
             held.set()
             release.wait()
-        finally:
-            writer._lock.release()
 
     t = threading.Thread(target=holder)
     t.start()

@@ -6,6 +6,7 @@ import multiprocessing as mp
 import os
 from pathlib import Path
 
+import _internals
 from index_writer import IndexWriter
 
 
@@ -20,25 +21,17 @@ def test_deleting_a_held_lock_file_does_not_let_a_second_writer_in(tmp_path: Pat
     ctx = mp.get_context("spawn")
 
     # A writer in its critical section holds the lock file and the index.
-    journal = holder._lock.acquire()
-    try:
-        opened = holder._open_index(journal, write=True)
-        assert opened is not None
-        try:
-            os.unlink(holder.lock_path)  # as med-imagetools does at the end of a run
-            child = ctx.Process(target=_write, args=(str(index), "second"))
-            child.start()
-            # The child creates and locks a new lock file, but must wait for us.
-            child.join(timeout=3)
-            assert child.is_alive(), "a second writer got in while the index was held"
-            assert [r.split(",")[0] for r in index.read_text().splitlines()] == [
-                "path",
-                "first",
-            ]
-        finally:
-            os.close(opened[0])
-    finally:
-        holder._lock.release()
+    with _internals.holding_lock(holder, index_too=True):
+        os.unlink(holder.lock_path)  # as med-imagetools does at the end of a run
+        child = ctx.Process(target=_write, args=(str(index), "second"))
+        child.start()
+        # The child creates and locks a new lock file, but must wait for us.
+        child.join(timeout=3)
+        assert child.is_alive(), "a second writer got in while the index was held"
+        assert [r.split(",")[0] for r in index.read_text().splitlines()] == [
+            "path",
+            "first",
+        ]
     child.join(timeout=60)
     assert child.exitcode == 0
     assert [r["path"] for r in holder.read_rows()] == ["first", "second"]
@@ -49,13 +42,10 @@ def test_the_lock_file_alone_would_not_have_been_enough(tmp_path: Path) -> None:
     index = tmp_path / "index.csv"
     holder = IndexWriter(index)
     holder.write_entry("first", {"by": "parent"})
-    holder._lock.acquire()
-    try:
+    with _internals.holding_lock(holder):
         os.unlink(holder.lock_path)
         child = mp.get_context("spawn").Process(target=_write, args=(str(index), "second"))
         child.start()
         child.join(timeout=60)
         assert child.exitcode == 0  # it wrote while we "held the lock"
-    finally:
-        holder._lock.release()
     assert [r["path"] for r in holder.read_rows()] == ["first", "second"]

@@ -10,7 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from index_writer import IndexSchemaMismatchError, IndexWriter, _writer
+import _internals
+from index_writer import IndexSchemaMismatchError, IndexWriter
 
 paths = st.sampled_from([f"out/{n}.nii" for n in "abcdef"] + ["with,comma", 'q"uote'])
 keys = st.sampled_from(["subject", "modality", "score", "note"])
@@ -118,7 +119,7 @@ class IndexModel(RuleBasedStateMachine):
     @rule()
     def new_process(self) -> None:
         """Forget what this process knew, as a fresh worker would."""
-        _writer._known.clear()
+        _internals.forget_all()
 
     @invariant()
     def index_matches_model(self) -> None:

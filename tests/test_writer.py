@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import _internals
 from index_writer import (
     IndexLockTimeoutError,
     IndexReadError,
@@ -18,7 +19,6 @@ from index_writer import (
     IndexWriteError,
     IndexWriter,
     IndexWriterError,
-    _writer,
 )
 
 CTX = {"subject_id": "subject_1", "modality": "CT", "quality_score": 0.5}
@@ -31,7 +31,7 @@ def index(tmp_path: Path) -> Path:
 
 def forget() -> None:
     """Drop this process's cached knowledge, as a brand-new process would have."""
-    _writer._known.clear()
+    _internals.forget_all()
 
 
 # ----------------------------------------------------------------- API surface
@@ -542,8 +542,7 @@ def test_lock_timeout_in_process(index: Path) -> None:
     w = IndexWriter(index, timeout=0.05)
     w.write_entry("a", {})
     holder = IndexWriter(index)
-    journal = holder._lock.acquire()  # held by this thread
-    try:
+    with _internals.holding_lock(holder):  # held by this thread
         result: list[BaseException] = []
 
         def other() -> None:
@@ -556,9 +555,6 @@ def test_lock_timeout_in_process(index: Path) -> None:
         t.start()
         t.join()
         assert isinstance(result[0], IndexLockTimeoutError)
-    finally:
-        holder._lock.release()
-    del journal
     assert index.read_text() == "path\na\n"
 
 
@@ -592,14 +588,18 @@ def test_path_map_from_bulk_check_equals_parsed(tmp_path: Path, body: bytes) -> 
     from index_writer import _table
 
     index = tmp_path / "index.csv"
-    index.write_bytes(b"path,v" + (b"\r\n" if b"\r\n" in body else b"\n") + body)
+    eol = b"\r\n" if b"\r\n" in body else b"\n"
+    index.write_bytes(b"path,v" + eol + body)
     w = IndexWriter(index)
     forget()
     w.write_entry("zzz", {"v": 0}, replace_existing=True)  # builds the map
-    known = _writer._known[w._key]
-    expected: dict[str, int] = {}
+    expected: dict[str, int | None] = {}
     with index.open("rb") as f:
         _, _, records = _table.read_header(f)
         for _, start, fields in records:
             expected[fields[0]] = -1 if fields[0] in expected else start
-    assert known.paths == expected
+    expected["zzz"] = index.stat().st_size - len(b"zzz,0" + eol)
+    assert _internals.path_offsets(w, [*expected, "absent"]) == (
+        {**expected, "absent": None},
+        len(expected),
+    )

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from . import _platform
 
-__all__ = ["append", "new_temp_name", "replace"]
+__all__ = ["append", "new_temp_name", "pread_all", "replace", "write_all"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +37,8 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
     Rollback: on any failure the file is truncated back to ``size_before`` and
     the exception re-raised, so no partial row is ever left behind.
     """
-    view = memoryview(data)
-    written = 0
     try:
-        while written < len(view):
-            n = os.write(fd, view[written:])
-            if n <= 0:  # pragma: no cover - write() reports failure by raising
-                raise OSError(errno.EIO, "short write: no bytes accepted")
-            written += n
+        write_all(fd, data)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -93,10 +87,10 @@ def replace(
                 buf.append(chunk)
                 size += len(chunk)
                 if size >= _CHUNK:
-                    _write_all(fd, b"".join(buf))
+                    write_all(fd, b"".join(buf))
                     buf, size = [], 0
             if buf:
-                _write_all(fd, b"".join(buf))
+                write_all(fd, b"".join(buf))
             if durable:
                 os.fsync(fd)
             st = os.fstat(fd)
@@ -114,10 +108,33 @@ def replace(
     return st
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """Write all of ``data`` to ``fd`` (at ``offset`` with ``pwrite`` if given).
+
+    A write that accepts only part of the bytes is retried with the rest, so
+    a full disk reports its real error (``ENOSPC``, ``EFBIG``) instead of a
+    short count.
+    """
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        if offset is None:
+            n = os.write(fd, view)
+        else:
+            n = _platform.pwrite(fd, view, offset)
+            offset += n
         if n <= 0:  # pragma: no cover - write() reports failure by raising
             raise OSError(errno.EIO, "short write: no bytes accepted")
         view = view[n:]
+
+
+def pread_all(fd: int, size: int, offset: int) -> bytes:
+    """Read ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
+    parts = []
+    while size > 0:
+        chunk = _platform.pread(fd, size, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+        offset += len(chunk)
+    return b"".join(parts)

@@ -4,7 +4,7 @@ Two layers, always taken in this order and released in reverse:
 
 1. a :class:`threading.Lock` per lock file, shared by every writer in this
    process, because POSIX record locks belong to the *process*: two threads
-   would both "get" the fasteners lock, and a thread closing its descriptor
+   would both "get" the file lock, and a thread closing its descriptor
    would silently release the lock another thread holds;
 2. a fasteners :class:`~fasteners.InterProcessLock` on the lock file, the same
    ``lockf`` lock med-imagetools takes, so the two implementations exclude each
@@ -16,7 +16,7 @@ is checked to still be the file we locked: med-imagetools deletes
 ``<index>.lock`` when a pipeline finishes, and a writer that locked the
 deleted file would otherwise run beside one that locked its replacement.
 
-While held, the lock file's content is a small journal (see :class:`Journal`).
+While held, the lock file's content is the crash journal (:mod:`._journal`).
 """
 
 from __future__ import annotations
@@ -27,136 +27,109 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import fasteners
 
 from . import _platform
 from ._errors import IndexLockTimeoutError
+from ._journal import Journal
 
-__all__ = ["Journal", "LockFile"]
+__all__ = ["IndexLock", "open_index", "poll"]
 
 logger = logging.getLogger(__name__)
 
 #: How a busy lock is polled when a timeout is set (or the platform cannot
 #: wait in the kernel): first retry after 1 ms, backing off to 10 ms.
-_POLL_DELAY = 0.001
-_POLL_MAX_DELAY = 0.01
-
-#: How much of the lock file is read on each acquisition; larger journal
-#: records (big appends) are read whole when this is not enough.
-_JOURNAL_READ = 1 << 13
+POLL_DELAY = 0.001
+POLL_MAX_DELAY = 0.01
 
 
-class Journal:
-    """The lock file's content: what the lock holder is in the middle of doing.
+def poll(attempt: Callable[[], bool], deadline: float | None) -> bool:
+    """Call ``attempt()`` until it returns True, backing off between calls.
 
-    A writer records an operation before it touches the index and marks it
-    done afterwards, so the next holder can roll back a write that was cut
-    short by a crash. Each step is one ``pwrite`` in place. A record is one
-    line of JSON followed by an optional binary payload. A lock file that
-    holds anything else (a user pointed ``lock_path`` at a file with content)
-    is never written, and neither is one on a platform where the lock file
-    must stay empty (see :data:`._platform.JOURNAL`).
-
-    Attributes
-    ----------
-    record : bytes | None
-        The unfinished operation left by a previous holder, if any.
-    payload : bytes
-        The bytes stored after that record (possibly followed by leftovers
-        of an earlier, longer record: the record says how many are its own).
-    deadline : float | None
-        ``time.monotonic()`` value by which the caller's timeout runs out, for
-        any further waiting it does while holding the lock.
+    Returns False if ``deadline`` (a :func:`time.monotonic` value) passes
+    first; None waits forever.
     """
-
-    MAGIC = b"index-writer journal 1\n"
-    _ACTIVE = b"A"
-    _DONE = b"D"
-
-    def __init__(self, fd: int, deadline: float | None = None) -> None:
-        self._fd = fd
-        self.deadline = deadline
-        self.record: bytes | None = None
-        self.payload = b""
-        self.enabled = fd >= 0
-        if not self.enabled:
-            return
-        data = _platform.pread(fd, _JOURNAL_READ, 0)
-        if not data:
-            return
-        if not data.startswith(self.MAGIC):
-            logger.debug("lock file holds foreign content; crash journal disabled")
-            self.enabled = False
-            return
-        body = data[len(self.MAGIC) :]
-        if body[:1] == self._ACTIVE:
-            if len(data) == _JOURNAL_READ:  # a large record: read all of it
-                data = _read_all(fd)
-                body = data[len(self.MAGIC) :]
-            self.record, _, rest = body[1:].partition(b"\n")
-            self.payload = rest
-
-    def write(self, record: bytes, durable: bool, payload: bytes = b"") -> None:
-        """Record an operation about to start (one line, no newline, then data)."""
-        if not self.enabled:
-            return
-        data = self.MAGIC + self._ACTIVE + record + b"\n" + payload
-        done = 0
-        while done < len(data):  # a short write is retried to get its real error
-            n = _platform.pwrite(self._fd, data[done:], done)
-            if n <= 0:  # pragma: no cover - pwrite reports failure by raising
-                raise OSError(errno.EIO, "short write to the crash journal in the lock file")
-            done += n
-        if durable:
-            os.fsync(self._fd)
-
-    def clear(self) -> None:
-        """Mark the recorded operation finished (or rolled back)."""
-        if self.enabled:
-            _platform.pwrite(self._fd, self._DONE, len(self.MAGIC))
-            self.record = None
-            self.payload = b""
+    delay = POLL_DELAY
+    while True:
+        if attempt():
+            return True
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            delay = min(delay, remaining)
+        time.sleep(delay)
+        delay = min(delay * 2, POLL_MAX_DELAY)
 
 
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    parts = []
-    offset = 0
-    while offset < size:
-        chunk = _platform.pread(fd, size - offset, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        offset += len(chunk)
-    return b"".join(parts)
+def _busy(e: OSError) -> bool:
+    return e.errno in (errno.EACCES, errno.EAGAIN)
 
 
-class _ProcessLock:
-    """This process's state for one lock file: the thread layer and fasteners."""
+class _LockFile:
+    """This process's handle on one lock file: the thread layer and the file lock."""
 
-    __slots__ = ("ipl", "jfd", "thread_lock")
+    __slots__ = ("_ipl", "journal_fd", "path", "thread_lock")
 
     def __init__(self, path: str) -> None:
+        self.path = path
         self.thread_lock = threading.Lock()
-        self.ipl = fasteners.InterProcessLock(path)
-        self.jfd = -1  # read-write descriptor of the same lock file, for the journal
+        self._ipl = fasteners.InterProcessLock(path)
+        self.journal_fd = -1  # read-write descriptor of the same file, for the journal
+
+    def is_open(self) -> bool:
+        lockfile = self._ipl.lockfile
+        return lockfile is not None and not lockfile.closed
+
+    def reopen(self) -> bool:
+        """Open (creating the file and its directory) and try the lock once."""
+        got = bool(self._ipl.acquire(blocking=False))
+        self.journal_fd = _platform.open_journal(self.path, self._ipl.lockfile)
+        return got
+
+    def try_lock(self) -> bool:
+        """Take the file lock if it is free; False if another process holds it."""
+        try:
+            self._ipl.trylock()
+        except OSError as e:
+            if not _busy(e):
+                raise
+            return False
+        return True
+
+    def wait(self, deadline: float | None) -> bool:
+        """Wait for the file lock and take it; False if ``deadline`` passed."""
+        if deadline is None and _platform.lock_blocking(self._ipl.lockfile):
+            return True
+        return poll(self.try_lock, deadline)
+
+    def unlock(self) -> None:
+        self._ipl.unlock()
+
+    def still_at_path(self) -> bool:
+        """Whether the file we hold is still the one at our path."""
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return _platform.same_file(on_disk, os.fstat(self._ipl.lockfile.fileno()))
 
     def close(self) -> None:
         """Close our descriptors of the lock file (only while not locked)."""
-        if self.jfd >= 0:
-            os.close(self.jfd)
-            self.jfd = -1
-        lockfile = self.ipl.lockfile
-        if lockfile is not None and not lockfile.closed:
-            lockfile.close()
-        self.ipl.lockfile = None
-        self.ipl.acquired = False
+        if self.journal_fd >= 0:
+            os.close(self.journal_fd)
+            self.journal_fd = -1
+        if self.is_open():
+            self._ipl.lockfile.close()
+        self._ipl.lockfile = None
+        self._ipl.acquired = False
 
 
 _registry_guard = threading.Lock()
-_registry: dict[str, _ProcessLock] = {}
+_registry: dict[str, _LockFile] = {}
 
 
 def _reset_after_fork() -> None:
@@ -176,19 +149,15 @@ def _reset_after_fork() -> None:
 _platform.register_after_fork(_reset_after_fork)
 
 
-def _process_lock(path: str) -> _ProcessLock:
+def _lock_file(path: str) -> _LockFile:
     entry = _registry.get(path)
     if entry is None:
         with _registry_guard:
-            entry = _registry.setdefault(path, _ProcessLock(path))
+            entry = _registry.setdefault(path, _LockFile(path))
     return entry
 
 
-def _busy(e: OSError) -> bool:
-    return e.errno in (errno.EACCES, errno.EAGAIN)
-
-
-class LockFile:
+class IndexLock:
     """Exclusive access to an index, keyed by its lock file.
 
     Use as ``journal = lock.acquire()`` ... ``lock.release()`` in a
@@ -221,86 +190,106 @@ class LockFile:
         """
         timeout = self.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        proc = _process_lock(self.path)
+        entry = _lock_file(self.path)
         if timeout is None:
-            proc.thread_lock.acquire()
-        elif not proc.thread_lock.acquire(timeout=timeout):
+            entry.thread_lock.acquire()
+        elif not entry.thread_lock.acquire(timeout=timeout):
             raise IndexLockTimeoutError(self.display_path, timeout)
         try:
-            self._acquire_file(proc, deadline)
+            self._lock_current_file(entry, deadline)
             try:
-                return Journal(proc.jfd, deadline)
+                return Journal(entry.journal_fd, deadline)
             except BaseException:
-                proc.ipl.unlock()
-                proc.ipl.acquired = False
+                entry.unlock()
                 raise
         except BaseException:
-            proc.thread_lock.release()
+            entry.thread_lock.release()
             raise
 
     def release(self) -> None:
         """Release both layers (the caller holds them)."""
-        proc = _registry[self.path]
+        entry = _registry[self.path]
         try:
-            proc.ipl.unlock()
-            proc.ipl.acquired = False
+            entry.unlock()
         finally:
-            proc.thread_lock.release()
+            entry.thread_lock.release()
 
-    def _acquire_file(self, proc: _ProcessLock, deadline: float | None) -> None:
-        """Take the fasteners lock on the file that *currently* has our path."""
-        ipl = proc.ipl
+    def _lock_current_file(self, entry: _LockFile, deadline: float | None) -> None:
+        """Take the file lock on the file that *currently* has our path."""
         while True:
-            if ipl.lockfile is None or ipl.lockfile.closed:
-                # First use (or the file was replaced): fasteners creates the
-                # directory and the file, opens it, and tries the lock once.
-                got = ipl.acquire(blocking=False)
-                proc.jfd = _platform.open_journal(self.path, ipl.lockfile)
-            else:
-                try:
-                    ipl.trylock()
-                    got = True
-                except OSError as e:
-                    if not _busy(e):
-                        raise
-                    got = False
-            if not got:
-                self._wait(ipl, deadline)
-            ipl.acquired = True
+            got = entry.try_lock() if entry.is_open() else entry.reopen()
+            if not got and not entry.wait(deadline):
+                assert self.timeout is not None
+                raise IndexLockTimeoutError(self.display_path, self.timeout)
             try:
-                on_disk: os.stat_result | None = os.stat(self.path)
-                held = os.fstat(ipl.lockfile.fileno())
-            except FileNotFoundError:
-                on_disk = None
+                current = entry.still_at_path()
             except BaseException:
-                ipl.unlock()
-                ipl.acquired = False
+                entry.unlock()
                 raise
-            if on_disk is not None and _platform.same_file(on_disk, held):
+            if current:
                 return
             # The lock file was deleted (and maybe recreated) since we opened
             # it: our lock guards nothing. Start again on the current file.
             logger.debug("lock file %s was replaced; locking the new one", self.path)
-            ipl.unlock()
-            proc.close()
+            entry.unlock()
+            entry.close()
 
-    def _wait(self, ipl: fasteners.InterProcessLock, deadline: float | None) -> None:
-        """Wait for the lock to be free and take it."""
-        if deadline is None and _platform.lock_blocking(ipl.lockfile):
-            return
-        delay = _POLL_DELAY
-        while True:
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    assert self.timeout is not None
-                    raise IndexLockTimeoutError(self.display_path, self.timeout)
-                delay = min(delay, remaining)
-            time.sleep(delay)
-            delay = min(delay * 2, _POLL_MAX_DELAY)
+
+def open_index(
+    path: str, *, write: bool, create: bool, deadline: float | None
+) -> tuple[int, os.stat_result, bool] | None:
+    """Open the index file and lock it too; None if it does not exist.
+
+    The lock file alone keeps writers apart only while it stays in place: if
+    it is deleted while a writer holds it, the next writer creates and locks
+    a new one. So every writer (and reader) also locks the index file itself,
+    exclusively (shared for reading), through the descriptor it uses, until
+    it closes it. That lock is always free in normal operation and costs one
+    uncontended system call. As with the lock file, the locked file must
+    still be the one at the path: a rewrite may have replaced it while we
+    waited.
+
+    Returns ``(fd, stat, created)``; ``created`` says the file was created
+    here (``create=True``), with its directory if needed.
+
+    Raises
+    ------
+    TimeoutError
+        The index file stayed locked until ``deadline``.
+    """
+    flags = (os.O_RDWR | os.O_APPEND if write else os.O_RDONLY) | _platform.O_BINARY
+    while True:
+        created = False
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            if not create:
+                return None
+            created = True
             try:
-                ipl.trylock()
-                return
-            except OSError as e:
-                if not _busy(e):
-                    raise
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                continue
+        try:
+            if not _lock_index(fd, write, deadline):
+                raise TimeoutError(f"the index file {path} stayed locked")
+            st = os.fstat(fd)
+            same = _platform.same_file(st, os.stat(path))
+        except FileNotFoundError:
+            same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            return fd, st, created
+        os.close(fd)
+
+
+def _lock_index(fd: int, exclusive: bool, deadline: float | None) -> bool:
+    if deadline is None:
+        _platform.lock_index_blocking(fd, exclusive)
+        return True
+    return poll(lambda: _platform.try_lock_index(fd, exclusive), deadline)

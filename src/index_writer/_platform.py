@@ -18,12 +18,13 @@ __all__ = [
     "copy_permissions",
     "fsync_directory",
     "lock_blocking",
-    "lock_index",
+    "lock_index_blocking",
     "open_journal",
     "pread",
     "pwrite",
     "register_after_fork",
     "same_file",
+    "try_lock_index",
 ]
 
 #: Extra flag for :func:`os.open` so Windows does no newline translation.
@@ -61,7 +62,7 @@ def _seek_read(fd: int, size: int, offset: int) -> bytes:  # pragma: no cover
     return os.read(fd, size)
 
 
-def _seek_write(fd: int, data: bytes, offset: int) -> int:  # pragma: no cover
+def _seek_write(fd: int, data: bytes | memoryview, offset: int) -> int:  # pragma: no cover
     os.lseek(fd, offset, os.SEEK_SET)
     return os.write(fd, data)
 
@@ -69,7 +70,7 @@ def _seek_write(fd: int, data: bytes, offset: int) -> int:  # pragma: no cover
 #: ``os.pread``/``os.pwrite`` where they exist (POSIX); on Windows a seek and a
 #: read or write, which is equivalent for us since callers hold the lock.
 pread: Callable[[int, int, int], bytes] = getattr(os, "pread", _seek_read)
-pwrite: Callable[[int, bytes, int], int] = getattr(os, "pwrite", _seek_write)
+pwrite: Callable[[int, bytes | memoryview, int], int] = getattr(os, "pwrite", _seek_write)
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:
@@ -128,40 +129,45 @@ else:
 
 if os.name == "nt":  # pragma: no cover - not run on Linux CI
 
-    def lock_index(fd: int, exclusive: bool, deadline: float | None) -> bool:
+    def try_lock_index(fd: int, exclusive: bool) -> bool:
         """No second lock on Windows: its locks are mandatory and would block
         every other program (pandas, Excel) from reading the index."""
         return True
 
+    def lock_index_blocking(fd: int, exclusive: bool) -> None:
+        """See :func:`try_lock_index`."""
+
 else:
 
-    def lock_index(fd: int, exclusive: bool, deadline: float | None) -> bool:
-        """Lock the open index file itself until ``fd`` is closed.
+    def try_lock_index(fd: int, exclusive: bool) -> bool:
+        """Lock the open index file itself until ``fd`` is closed, if free.
 
         Exclusive for writers (``fd`` must be open for writing), shared for
         readers. The lock is only ever held by a writer that also holds the
         lock file, so it is free unless the lock file was deleted while held.
-        Waits in the kernel when ``deadline`` (a :func:`time.monotonic` value)
-        is None; otherwise polls until then and returns False if still busy.
+        Returns False when another process holds it.
         """
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        delay = 0.001
+        try:
+            fcntl.lockf(fd, mode | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN, errno.EDEADLK):
+                return False
+            raise
+        return True
+
+    def lock_index_blocking(fd: int, exclusive: bool) -> None:
+        """Like :func:`try_lock_index`, waiting in the kernel while it is busy."""
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         while True:
             try:
-                fcntl.lockf(fd, mode if deadline is None else mode | fcntl.LOCK_NB)
-                return True
+                fcntl.lockf(fd, mode)
+                return
             except OSError as e:
-                busy = e.errno in (errno.EACCES, errno.EAGAIN)
-                if not busy and e.errno != errno.EDEADLK:
+                # EDEADLK: see lock_blocking; retry shortly.
+                if e.errno != errno.EDEADLK:
                     raise
-                if busy and deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    time.sleep(min(delay, remaining))
-                    delay = min(delay * 2, 0.01)
-                else:
-                    time.sleep(0.001)
+                time.sleep(0.001)
 
 
 def register_after_fork(callback: Any) -> None:

@@ -1,0 +1,179 @@
+"""Carrying out a plan (:mod:`._plan`) on the locked index, crash-safe.
+
+Each change is recorded in the crash journal (:mod:`._journal`) before the
+index is touched and marked done afterwards:
+
+- :func:`append` adds the plan's bytes with one write (rolled back on
+  failure by :func:`._files.append`) and advances the process's
+  :class:`._state.IndexState` past them;
+- :func:`rewrite` streams the whole new file to a temporary file that
+  replaces the index atomically (:func:`._files.replace`) and returns the
+  state of the new file;
+- :func:`replace_contents` is the same atomic replacement for maintenance
+  tools that compute the new bytes themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from . import _files, _platform
+from ._journal import Journal, append_record, rewrite_record
+from ._paths import PathOffsets
+from ._plan import Append, Rewrite
+from ._rows import encode
+from ._state import IndexState, count_lines, head_and_tail
+from ._table import BOM, Header, format_row, read_header
+
+__all__ = ["append", "replace_contents", "rewrite"]
+
+
+def append(
+    fd: int, state: IndexState, journal: Journal, plan: Append, index: str, durable: bool
+) -> None:
+    """Append ``plan.data`` to the index open as ``fd`` and update ``state``."""
+    start = state.size
+    record, payload = append_record(index, state.dev, state.ino, start, plan.data)
+    journal.write(record, durable, payload)
+    _files.append(fd, plan.data, start, durable)
+    journal.clear_quietly()
+    mtime_ns = os.fstat(fd).st_mtime_ns
+
+    if not state.header.columns:
+        state.set_columns(plan.columns)
+    paths, column = state.paths, state.paths_column
+    if paths is not None and column is not None and column in state.colpos:
+        offset = start + _bytes_len(plan.lead)
+        for row, text in zip(plan.rows, plan.texts, strict=True):
+            paths.add(row.get(column, ""), offset)
+            offset += _bytes_len(text)
+    state.note_append(plan.data, plan.text, mtime_ns)
+
+
+def rewrite(
+    fd: int,
+    state: IndexState,
+    journal: Journal,
+    plan: Rewrite,
+    index: str,
+    filepath_column: str,
+    durable: bool,
+) -> IndexState:
+    """Replace the index open as ``fd`` by the file ``plan`` describes.
+
+    Returns the state of the new file (its paths mapped if ``state``'s were).
+    """
+    stream = _RewriteStream(fd, state, plan, filepath_column)
+    like = os.fstat(fd)
+    temp = _files.new_temp_name(index)
+    journal.write(rewrite_record(index, temp), durable)
+    try:
+        st = _files.replace(index, temp, stream.chunks(), like, durable)
+    finally:
+        journal.clear_quietly()
+    new_fd = os.open(index, os.O_RDONLY | _platform.O_BINARY)
+    try:
+        head, tail = head_and_tail(new_fd, st.st_size)
+    finally:
+        os.close(new_fd)
+    return IndexState(
+        st,
+        Header(list(plan.columns), state.header.bom, state.header.eol),
+        size=st.st_size,
+        lines=stream.lines,
+        ends_clean=True,
+        head=head,
+        tail=tail,
+        paths_column=stream.paths_column,
+        paths=stream.paths,
+    )
+
+
+class _RewriteStream:
+    """The new file's bytes, produced while reading the old one.
+
+    Also counts its lines and, if the old state mapped paths, maps the new
+    file's paths on the way.
+    """
+
+    def __init__(self, fd: int, state: IndexState, plan: Rewrite, filepath_column: str) -> None:
+        self._fd = fd
+        self._plan = plan
+        self._eol = state.header.eol
+        self._bom = state.header.bom
+        self._old_column = state.colpos.get(filepath_column)
+        self._rows_in = [*plan.replacements.values(), *plan.appends]
+        self.paths_column = state.paths_column if state.paths is not None else None
+        self.paths = PathOffsets() if self.paths_column is not None else None
+        cols = plan.columns
+        self._paths_at = cols.index(self.paths_column) if self.paths_column in cols else None
+        self.offset = 0
+        self.lines = 0
+
+    def _emit(self, fields: list[str]) -> bytes:
+        text = format_row(fields, self._eol)
+        data = encode(text, self._rows_in)
+        if self.paths is not None and self._paths_at is not None:
+            self.paths.add(fields[self._paths_at], self.offset)
+        self.offset += len(data)
+        self.lines += count_lines(text)
+        return data
+
+    def chunks(self) -> Iterator[bytes]:
+        columns = self._plan.columns
+        replacements = self._plan.replacements
+        n = len(columns)
+        head_text = format_row(columns, self._eol)
+        head = (BOM if self._bom else b"") + head_text.encode("utf-8")
+        self.offset = len(head)
+        self.lines = count_lines(head_text)
+        yield head
+        f = open(self._fd, "rb", buffering=1 << 16, closefd=False)  # noqa: SIM115
+        f.seek(0)
+        _, _, records = read_header(f)
+        done: set[str] = set()
+        old = self._old_column
+        for _, _, fields in records:
+            if old is not None and old < len(fields) and fields[old] in replacements:
+                path = fields[old]
+                if path not in done:
+                    done.add(path)
+                    yield self._emit([replacements[path].get(c, "") for c in columns])
+                continue
+            if len(fields) < n:
+                fields += [""] * (n - len(fields))
+            yield self._emit(fields)
+        for row in self._plan.appends:
+            yield self._emit([row.get(c, "") for c in columns])
+
+
+def replace_contents(
+    fd: int,
+    like: os.stat_result,
+    journal: Journal,
+    index: str,
+    transform: Callable[[bytes], bytes | None],
+    durable: bool,
+) -> bool:
+    """Replace the index open as ``fd`` by ``transform(old bytes)``, atomically.
+
+    ``transform`` returns None to leave the file alone. Returns whether the
+    file was replaced.
+    """
+    new = transform(_files.pread_all(fd, like.st_size, 0))
+    if new is None:
+        return False
+    temp = _files.new_temp_name(index)
+    journal.write(rewrite_record(index, temp), durable)
+    try:
+        _files.replace(index, temp, [new], like, durable)
+    finally:
+        journal.clear_quietly()
+    return True
+
+
+def _bytes_len(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode("utf-8"))
+
+
