@@ -30,6 +30,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fusefs
+from _cli_run import console_script, run
 from index_writer._check import check_index
 from index_writer._doctor import (
     MOUNT_RULES,
@@ -105,8 +106,9 @@ DIAGNOSE = (
 
 def participant(directory: Path, hosts: int, timeout: float,
                 hostname: str | None) -> subprocess.Popen[str]:
-    """Start one participant of a multi-host check in a process tree of its own."""
-    cmd = [sys.executable, "-c", DIAGNOSE, str(directory), str(hosts), str(timeout)]
+    """Start ``index-writer doctor DIR --hosts N --json`` in a process tree of its own."""
+    cmd = [*console_script(), "doctor", str(directory), "--hosts", str(hosts),
+           "--timeout", str(timeout), "--json"]
     if hostname is not None:
         cmd = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *cmd]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -124,8 +126,12 @@ def run_participants(directory: Path, n: int, hosts: int, timeout: float = 30,
     reports = []
     for p in procs:
         out, err = p.communicate(timeout=timeout * 3 + 60)
-        assert p.returncode == 0, err
-        reports.append(json.loads(out))
+        assert "Traceback" not in err, err
+        report = json.loads(out)
+        assert p.returncode == report["exit_status"] == (
+            0 if report["verdict"] in ("safe", "safe-single-host") else 1
+        )
+        reports.append(report)
     return reports
 
 
@@ -485,6 +491,65 @@ def test_files_of_an_interrupted_check_are_reported(tmp_path: Path) -> None:
     assert report.verdict == "failed"
     assert "files left by an interrupted check" in by_name(report)["hosts"].message
     assert sorted(os.listdir(shared)) == ["hello.a.json", "hello.b.json"]  # not ours: kept
+
+
+# --------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_the_verdict_first(tmp_path: Path) -> None:
+    r = run("doctor", tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"safe-single-host: {tmp_path}: ")
+    assert all(line.startswith("  ") for line in lines[1:]) and len(lines) == 7
+    assert r.stderr == ""
+
+
+def test_cli_json_and_exit_status_of_unsafe(fuse: Callable[..., Path]) -> None:
+    mnt = fuse("nolock")
+    r = run("doctor", mnt, "--json")
+    assert r.returncode == 1
+    data = json.loads(r.stdout)
+    assert data["verdict"] == "unsafe" and data["exit_status"] == 1
+    assert {c["name"]: c["outcome"] for c in data["checks"]}["lock-exclusion"] == "unsafe"
+
+
+def test_cli_exit_status_of_failed(tmp_path: Path) -> None:
+    r = run("doctor", tmp_path / "missing")
+    assert r.returncode == 1
+    assert r.stdout.startswith(f"failed: {tmp_path / 'missing'}: does not exist")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hosts", "0"], "--hosts: must be at least 1"),
+        (["--timeout", "0"], "--timeout must be more than 0"),
+        (["--timeout", "soon"], "--timeout: not a number"),
+        (["--run-id", "a/b"], "--run-id must be a plain name"),
+        ([], "the following arguments are required: DIR"),
+    ],
+)
+def test_cli_bad_arguments(tmp_path: Path, args: list[str], message: str) -> None:
+    r = run("doctor", *([tmp_path] if args else []), *args)
+    assert r.returncode == 2
+    assert message in r.stderr and r.stderr.startswith("usage: index-writer doctor")
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_sigterm_removes_the_probe_directory(fuse: Callable[..., Path]) -> None:
+    mnt = fuse("kernel", delay=0.002)  # slow enough to be interrupted mid-way
+    proc = subprocess.Popen([*console_script(), "doctor", str(mnt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not leftovers(mnt):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.terminate()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip() == "index-writer: error: interrupted"
+    assert leftovers(mnt) == []
 
 
 # ---------------------------------------------- what doctor exists to reveal

@@ -13,6 +13,9 @@ Subcommands:
 ``check``
     Inspect an index without changing it; ``--dedupe`` keeps the last row of
     each path.
+``doctor``
+    Check whether writers may share an index in a directory (its mount, live
+    lock probes, and with ``--hosts N`` a check across hosts).
 
 Exit status: 0 on success, 1 when the command failed or found problems (one
 line on stderr names the file and the cause), 2 for bad arguments (with the
@@ -33,6 +36,7 @@ import csv
 import json
 import math
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -284,7 +288,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --dedupe: give up after S seconds waiting for the lock",
     )
     check.set_defaults(handler=_cmd_check, parser=check)
+    _register_doctor(subs)
     return parser
+
+
+def _register_doctor(subs: Any) -> None:
+    doctor = subs.add_parser(
+        "doctor",
+        help="is it safe to share an index in a directory?",
+        description=(
+            "Check whether writers may share an index in DIR: read how DIR is "
+            "mounted, then probe it live with processes on this host (POSIX "
+            "locks exclude and are released when their holder is killed, "
+            "O_APPEND appends land whole, os.replace is atomic), in a private "
+            "subdirectory that is removed afterwards. With --hosts N, start the "
+            "same command at once on N hosts (srun -N N index-writer doctor DIR "
+            "--hosts N): they also check that their locks exclude each other. "
+            "The first line is the verdict: safe, safe-single-host, unsafe or "
+            "failed. Exit status 0 for safe and safe-single-host, 1 otherwise."
+        ),
+    )
+    doctor.add_argument("directory", metavar="DIR", help="where the index would live")
+    doctor.add_argument(
+        "--hosts",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="how many hosts run the check together (1)",
+    )
+    doctor.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="give up after S seconds waiting for a lock, a probe or the other hosts (60)",
+    )
+    doctor.add_argument(
+        "--run-id",
+        metavar="ID",
+        help="name of the shared probe directory of a multi-host check (default: "
+        "$SLURM_JOB_ID.$SLURM_STEP_ID, else 'shared'); the same on every host",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(handler=_cmd_doctor, parser=doctor)
 
 
 def parse_key_value(item: str) -> tuple[str, str]:
@@ -599,6 +645,32 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 0
     _say(report.render(), out)
     return 1
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ._doctor import diagnose
+
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be more than 0 seconds")
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # clean up the probe directory, as for Ctrl-C
+
+    restore = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        restore = signal.signal(signal.SIGTERM, terminate)
+    try:
+        report = diagnose(args.directory, hosts=args.hosts, timeout=args.timeout,
+                          run_id=args.run_id)
+    except ValueError as e:
+        raise UsageError(str(e).replace("run_id must", "--run-id must")) from None
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+    out = _out()
+    _say(report.to_json() if args.json else report.render(), out)
+    out.flush()
+    return report.exit_status
 
 
 def _rewrite_all_kept(index: Path, entries: int) -> str:
