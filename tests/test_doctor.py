@@ -50,6 +50,7 @@ from index_writer._doctor import (
     classify,
     diagnose,
     find_mount,
+    verdict_table_markdown,
 )
 
 # ------------------------------------------------------------------ fixtures
@@ -236,6 +237,16 @@ def test_every_rule_is_reachable_and_uses_known_verdicts() -> None:
         assert rule.verdict in (*VERDICTS, "unknown")
         mount = Mount("/m", rule.fstypes[0], "src", rule.options[:1])
         assert classify(mount) == rule, f"{rule} is hidden by an earlier rule"
+
+
+def test_the_docs_show_the_verdict_table_of_the_code() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "clusters.md").read_text()
+    start, end = "<!-- doctor-table:start -->\n", "<!-- doctor-table:end -->"
+    shown = page[page.index(start) + len(start):page.index(end)]
+    assert shown == verdict_table_markdown(), (
+        "docs/clusters.md shows another verdict table than MOUNT_RULES; paste the output of "
+        "python -c 'from index_writer._doctor import verdict_table_markdown as t; print(t())'"
+    )
 
 
 def test_find_mount_of_a_real_directory(tmp_path: Path) -> None:
