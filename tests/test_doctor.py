@@ -592,7 +592,7 @@ def write_concurrently(directory: Path, go: Path) -> tuple[list[int], list[list[
         import csv
 
         rows = list(csv.reader(f))
-    return statuses, rows[1:]
+    return statuses, rows[1:]  # a blank line comes back as [], and counts as a row here
 
 
 def test_locks_that_do_not_lock_corrupt_an_index(fuse: Callable[..., Path],
@@ -602,19 +602,26 @@ def test_locks_that_do_not_lock_corrupt_an_index(fuse: Callable[..., Path],
     good = fuse("kernel")
     statuses, rows = write_concurrently(good, tmp_path / "go-kernel")
     assert statuses == [0, 0, 0, 0]
-    assert sorted(r[0] for r in rows) == expected
+    assert sorted(r[0] for r in rows if r) == expected and all(rows)
     assert check_index(good / "index.csv").clean
     # Locks that do not lock, with an NFS-like 0.2 ms per operation: four
-    # writers "hold" the lock at once and the index no longer holds one row
-    # per entry (typically the header written several times).
+    # writers "hold" the lock at once. On one machine appends stay whole, so
+    # the damage comes from writers racing to create the index (the header
+    # written twice and more) and is a race: about 9 runs in 10 show it here.
+    # Up to five fresh runs, so the test fails only if the hazard is gone.
     bad = fuse("nolock", delay=0.0002)
-    statuses, rows = write_concurrently(bad, tmp_path / "go-nolock")
-    paths = sorted(r[0] for r in rows)
-    report = check_index(bad / "index.csv")
-    assert paths != expected or not report.clean, (
-        f"no damage seen: {len(rows)} rows, exit statuses {statuses}"
-    )
-    assert len(rows) != len(expected) or not report.clean
+    seen = []
+    for attempt in range(5):
+        directory = bad / f"run{attempt}"
+        directory.mkdir()
+        statuses, rows = write_concurrently(directory, tmp_path / f"go-nolock-{attempt}")
+        paths = sorted(r[0] if r else "" for r in rows)
+        report = check_index(directory / "index.csv")
+        seen.append(f"{len(rows)} rows, exit statuses {statuses}")
+        if paths != expected or not report.clean:
+            break
+    else:
+        pytest.fail(f"no damage in 5 runs without working locks: {seen}")
 
 
 # --------------------------------------------------------------- the harness

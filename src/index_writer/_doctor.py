@@ -1497,6 +1497,13 @@ def _multi_host(
     except OSError as e:
         cross = Check("hosts", "failed", f"the multi-host check failed: {_describe(e)}")
         hellos = []
+    except (ValueError, KeyError, TypeError) as e:  # a file we did not write
+        cross = Check(
+            "hosts", "failed",
+            f"unexpected content in {shared} ({type(e).__name__}: {e}): files left by "
+            "another program or an interrupted check? Remove the directory and start again",
+        )
+        hellos = []
     finally:
         if not finished:
             rv.remove_mine()
