@@ -209,9 +209,14 @@ def _operations(source: str, locks: str, delay: float) -> Any:
             self._wait()
             return os.open(self._full(path), flags)
 
-        def create(self, path: str, mode: int, fi: Any = None) -> int:
+        def create(self, path: str, mode: int, flags: int | None = None) -> int:
+            # The caller's own flags: a file created O_RDWR must stay readable
+            # through this handle, and without O_TRUNC in them a file that
+            # another process created since the lookup must keep its bytes.
             self._wait()
-            return os.open(self._full(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            if flags is None:
+                flags = os.O_WRONLY | os.O_TRUNC
+            return os.open(self._full(path), flags | os.O_CREAT, mode)
 
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
             self._wait()
