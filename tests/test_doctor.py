@@ -39,19 +39,17 @@ from index_writer._doctor import (
     Check,
     Mount,
     Report,
-    _append_problems,
-    _append_record,
-    _check_version,
-    _covering,
-    _cross_host_check,
-    _parse_mount_output,
-    _parse_mountinfo,
-    _replace_version,
     classify,
     diagnose,
     find_mount,
     verdict_table_markdown,
 )
+from index_writer._doctor.mounts import _covering, _parse_mount_output, _parse_mountinfo
+from index_writer._doctor.overlap import cross_host_check as _cross_host_check
+from index_writer._doctor.records import append_problems as _append_problems
+from index_writer._doctor.records import append_record as _append_record
+from index_writer._doctor.records import check_version as _check_version
+from index_writer._doctor.records import replace_version as _replace_version
 
 # ------------------------------------------------------------------ fixtures
 
