@@ -3,8 +3,9 @@
     python benchmarks/latency.py [--quick] [--delay SECONDS] [--json OUT]
 
 On NFS, GPFS or Lustre each filesystem operation goes to a server. This
-benchmark mounts the FUSE passthrough of ``tests/fusefs.py`` (locks kept by
-the kernel, so they exclude; no attribute caching) with a pause of
+benchmark mounts the FUSE passthrough of ``tests/fusefs.py`` in its ``posix``
+lock mode (the filesystem keeps the locks, so every lock request reaches it,
+as on NFS, and locks exclude; no attribute caching) with a pause of
 ``--delay`` seconds (default 0.0002: 0.2 ms, a fast network round trip) in
 every operation, and times ``write_entry(..., replace_existing=True)`` into
 indexes of 1k, 10k and 100k rows for:
@@ -218,7 +219,9 @@ def bench(cfg: Config, mount: Path, source: Path, src: str | None) -> dict[str, 
                     key = f"{impl}|{mode}|{size}"
                     samples.setdefault(key, []).append(per)
                     expected_rows[key] = writes
-                    for leftover in source.glob(f"{name}*"):
+                    # The index, its lock file and its hidden journal (.NAME.journal):
+                    # each measurement starts from nothing but the index.
+                    for leftover in [*source.glob(f"{name}*"), *source.glob(f".{name}*")]:
                         leftover.unlink()
         log(f"repeat {rep + 1}/{cfg.repeats} done")
     for master in masters.values():

@@ -19,10 +19,14 @@ two scenarios:
     before each write, another (untraced) process appends one row with the
     same implementation, so the traced writer must notice and take it in.
 
-The process runs under ``strace -f -y -e trace=%file,%desc``; the calls made
-between two marker ``stat`` calls that name the index directory (the index,
-the lock file, temporary files, the directory itself) are counted by name and
-divided by N. Needs ``strace`` (Debian: ``apt-get install -y strace``).
+The process runs under ``strace -f -y -e trace=%file,%desc`` (``-y`` prints
+the path behind every descriptor). The calls made between two marker ``stat``
+calls (after 5 untraced warm-up writes, so neither the process's start-up nor
+its first write counts) are sorted by the file they name: the index, its lock
+file (``NAME.lock``), its crash journal (``.NAME.journal``), or anything else
+in the index directory (the directory itself, temporary files); counted by
+file and name and divided by N. Needs ``strace`` (Debian: ``apt-get install -y
+strace``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from index_writer._handles import journal_name
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -98,11 +104,38 @@ def child(impl: str, index: str, writes: int, scenario: str, markers: str, src: 
 # ------------------------------------------------------------ the parent
 
 _LINE = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(?:<\.\.\. )?(\w+)(\(| resumed>)")
+#: A path as strace -y prints it: ``3</dir/index.csv>`` or a ``"/dir/index.csv"`` argument.
+_PATH = re.compile(r'[<"](/[^<>"]*?)(?: \(deleted\))?[>"]')
+
+#: The files counted apart, in table order; "other" is anything else in the
+#: index directory.
+FILES = ("index", "lock file", "journal", "other")
 
 
-def count(trace: str, work: str, markers: str) -> collections.Counter[str]:
-    """Calls by name between BEGIN and END that touch ``work``, outside pauses."""
-    calls: collections.Counter[str] = collections.Counter()
+def files_of(index: Path) -> dict[str, str]:
+    """The files a write of ``index`` may touch, by path: the index, lock file and journal."""
+    return {
+        str(index): "index",
+        f"{index}.lock": "lock file",  # the default of index-writer, fasteners' floor, original
+        str(index.with_name(journal_name(str(index)))): "journal",
+    }
+
+
+def which_file(line: str, files: dict[str, str], work: str) -> str | None:
+    """The file a trace line's call is on (see :data:`FILES`), or None if not ours."""
+    paths = _PATH.findall(line)  # e.g. AT_FDCWD</cwd> and then "/dir/index.csv"
+    for path in paths:
+        if path in files:
+            return files[path]
+    if any(path == work or path.startswith(work + "/") for path in paths):
+        return "other"
+    return None
+
+
+def count(trace: str, index: Path, markers: str) -> collections.Counter[tuple[str, str]]:
+    """Calls by (file, name) between BEGIN and END on the index's files, outside pauses."""
+    files, work = files_of(index), str(index.parent)
+    calls: collections.Counter[tuple[str, str]] = collections.Counter()
     active = False
     for line in trace.splitlines():
         if markers in line:
@@ -112,9 +145,11 @@ def count(trace: str, work: str, markers: str) -> collections.Counter[str]:
                 active = False
             continue
         m = _LINE.match(line)
-        if not active or not m or m.group(3) != "(" or work not in line:
+        if not active or not m or m.group(3) != "(":
             continue  # "<... resumed>" halves are counted at their start
-        calls[m.group(2)] += 1
+        file = which_file(line, files, work)
+        if file is not None:
+            calls[file, m.group(2)] += 1
     return calls
 
 
@@ -151,24 +186,32 @@ def measure(impl: str, scenario: str, rows: int, writes: int, src: str | None) -
             appender[1]()
         if proc.wait() != 0:
             raise SystemExit(f"the traced {impl} writer failed (exit {proc.returncode})")
-        calls = count(trace.read_text(errors="replace"), str(work), str(markers))
-        per_write = {name: n / writes for name, n in sorted(calls.items())}
-        return {"per_write": per_write, "total_per_write": sum(calls.values()) / writes}
+        calls = count(trace.read_text(errors="replace"), index, str(markers))
+        per_file: dict[str, dict[str, float]] = {}
+        for (file, name), n in sorted(calls.items(), key=lambda kv: (FILES.index(kv[0][0]),
+                                                                      kv[0][1])):
+            per_file.setdefault(file, {})[name] = n / writes
+        return {"per_write": per_file, "total_per_write": sum(calls.values()) / writes}
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     columns = [(impl, sc) for impl in IMPLS for sc in SCENARIOS if sc in results.get(impl, {})]
-    names = sorted({n for impl, sc in columns for n in results[impl][sc]["per_write"]})
-    head = "| system call | " + " | ".join(f"{impl}: {sc}" for impl, sc in columns) + " |"
-    lines = [head, "|---|" + "---:|" * len(columns)]
-    for name in names:
-        cells = [results[impl][sc]["per_write"].get(name, 0) for impl, sc in columns]
-        lines.append(f"| `{name}` | " + " | ".join(f"{c:.2f}".rstrip("0").rstrip(".") or "0"
-                                                     for c in cells) + " |")
+    rows = sorted(
+        {(f, n) for impl, sc in columns for f, calls in results[impl][sc]["per_write"].items()
+         for n in calls},
+        key=lambda row: (FILES.index(row[0]), row[1]),
+    )
+    head = "| file | system call | " + " | ".join(f"{impl}: {sc}" for impl, sc in columns) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(columns)]
+    for file, name in rows:
+        cells = [results[impl][sc]["per_write"].get(file, {}).get(name, 0) for impl, sc in columns]
+        lines.append(f"| {file} | `{name}` | " + " | ".join(
+            f"{c:.2f}".rstrip("0").rstrip(".") or "0" for c in cells) + " |")
     totals = [results[impl][sc]["total_per_write"] for impl, sc in columns]
-    lines.append("| **total per write** | " + " | ".join(f"**{t:.2f}**" for t in totals) + " |")
+    lines.append("| **total per write** | | " + " | ".join(f"**{t:.2f}**" for t in totals)
+                 + " |")
     return "\n".join(lines)
 
 
@@ -200,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             total = results[impl][scenario]["total_per_write"]
             print(f"{impl}, {scenario}: {total:.2f} calls per write", file=sys.stderr)
     text = table(results)
-    print(f"System calls on the index directory per write_entry(replace_existing=True), "
-          f"{writes} writes into {args.rows:,} rows:\n\n{text}")
+    print(f"System calls on the index, its lock file, its journal and the rest of its "
+          f"directory per write_entry(replace_existing=True), {writes} writes into "
+          f"{args.rows:,} rows:\n\n{text}")
     if args.json:
         args.json.write_text(json.dumps({
             "command": "python benchmarks/syscalls.py" + "".join(f" {a}" for a in argv),
