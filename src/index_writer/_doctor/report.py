@@ -229,7 +229,9 @@ def combine_verdicts(
     The worst local verdict of any participant, lifted to ``safe`` when the
     cross-host finding ``cross`` proved what the mount tables could not;
     an ``unsafe`` or ``failed`` cross-host finding wins over a milder verdict.
-    ``local_reason`` explains this host's own verdict.
+    ``local_reason`` explains this host's own verdict; ``participants`` are
+    the records each participant wrote on arrival (``host``, ``verdict``,
+    ``reason``).
     """
     verdict, reason = report.verdict, local_reason
     for h in participants:
