@@ -8,10 +8,12 @@ answers with *candidate* offsets: rows whose path has the same hash. The
 caller reads each candidate row and compares its path (an unequal hash is
 never a match; an equal one only probably is).
 
-Layout: ``starts`` holds each row's offset, in the order rows were added;
-``keys`` holds, sorted, one float per row -- the path's 24-bit hash times
-2**29 plus the row's number -- an exact integer below 2**53, sorted by
-CPython's fast float comparison and searched with :mod:`bisect`. Rows added
+Layout: ``starts`` holds each row's offset, in the order rows were added
+(8 bytes a row); ``keys`` holds, sorted, one float per row -- the path's
+24-bit hash times 2**29 plus the row's number -- an exact integer below
+2**53, sorted by CPython's fast float comparison and searched with
+:mod:`bisect` (a list: 32 bytes a row; an array would save 24 but cost a
+copy of the whole list every time it is sorted). Rows added
 after the last sort wait in ``fresh`` (a dict of full hashes), which is
 sorted in when it grows. Rows are added in bulk from blocks of plain lines
 (:meth:`PathOffsets.add_plain_lines`, C-speed operations per block) or one
@@ -47,9 +49,9 @@ def _fields(lines: list[bytes], column: int) -> list[bytes]:
                 map(operator.methodcaller("split", b",", column + 1), lines)]
 
 
-def path_hash(path: bytes) -> int:
-    """The hash rows are filed under (per process: Python randomizes it)."""
-    return hash(path)
+#: The hash rows are filed under: Python's own hash of the path's UTF-8 bytes
+#: (randomized per process, which is fine: the map lives in one process).
+path_hash = hash
 
 
 class PathOffsets:
@@ -70,7 +72,7 @@ class PathOffsets:
 
     def __init__(self) -> None:
         self.starts = array("Q")  # row number -> offset
-        self.keys = array("d")  # sorted keys of the rows numbered before len(pending)...
+        self.keys: list[float] = []  # sorted keys
         self.pending = array("d")  # keys not sorted in yet
         self.fresh: dict[int, list[int]] = {}  # full hash -> row numbers, not in keys
 
@@ -108,15 +110,27 @@ class PathOffsets:
             starts = array("Q", itertools.compress(starts, nonblank))
         first = len(self.starts)
         self.starts.extend(starts)
-        fields = _fields(lines, column)
-        hashes = map(_HASH_MASK.__and__, map(path_hash, fields))
+        hashes = map(path_hash, _fields(lines, column))
+        if self.keys:  # already sorted: a few rows appended since; keep them aside
+            fresh = self.fresh
+            for row, h in enumerate(hashes, first):
+                fresh.setdefault(h, []).append(row)
+            if len(fresh) > max(4096, len(self.keys) >> 3):
+                self.sort()
+            return
         self.pending.extend(
-            map(operator.add, map(_SCALE.__mul__, map(float, hashes)),
-                itertools.count(float(first)))
+            map(
+                float.__add__,
+                map(_SCALE.__rmul__, map(_HASH_MASK.__and__, hashes)),
+                itertools.count(float(first)),
+            )
         )
 
     def sort(self) -> None:
-        """Sort everything added so far into ``keys`` (timsort merges the runs)."""
+        """Sort everything added so far into ``keys``.
+
+        Sorting works in place, and merges the sorted runs it finds.
+        """
         if self.fresh:
             for h, rows in self.fresh.items():
                 base = float(h & _HASH_MASK) * _SCALE
@@ -125,7 +139,7 @@ class PathOffsets:
         if self.pending:
             self.keys.extend(self.pending)
             self.pending = array("d")
-            self.keys = array("d", sorted(self.keys))
+            self.keys.sort()
 
     def candidates(self, path: str) -> list[int]:
         """Offsets of the rows that may hold ``path``: check each row's path."""
