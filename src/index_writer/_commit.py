@@ -35,14 +35,24 @@ from ._table import BOM, Header, format_row, read_header
 __all__ = ["append", "replace_contents", "rewrite"]
 
 
-def append(fd: int, state: IndexState, journal: Journal, plan: Append, durable: bool) -> None:
-    """Append ``plan.data`` to the index open as ``fd`` and update ``state``."""
+def append(
+    fd: int, state: IndexState, journal: Journal, plan: Append, durable: bool
+) -> Callable[[], None]:
+    """Append ``plan.data`` to the index open as ``fd``, journaled.
+
+    Returns the bookkeeping that advances ``state`` past the new rows: it
+    needs no lock on the file, so the caller runs it once the file locks
+    are released (:attr:`._lock.Session.after`).
+    """
     start = state.size
     record, payload = append_record(state.dev, state.ino, start, plan.data)
     journal.write(record, durable, payload)
     _files.append(fd, plan.data, start, durable)
     mtime_ns = os.fstat(fd).st_mtime_ns
+    return lambda: _note_append(state, plan, start, mtime_ns)
 
+
+def _note_append(state: IndexState, plan: Append, start: int, mtime_ns: int) -> None:
     if not state.header.columns:
         state.set_columns(plan.columns)
     paths, column = state.paths, state.paths_column

@@ -36,6 +36,7 @@ import fasteners
 from . import _files, _platform
 
 if TYPE_CHECKING:
+    from ._journal import Journal
     from ._state import IndexState
 
 __all__ = [
@@ -49,12 +50,14 @@ __all__ = [
     "lock_file_for",
     "open_limit",
     "slot_for",
-    "touch",
+    "tick",
 ]
 
 logger = logging.getLogger(__name__)
 
 _clock = itertools.count()
+#: A new, larger number each call: when a slot or lock file was last used.
+tick = _clock.__next__
 
 
 class IndexSlot:
@@ -84,6 +87,7 @@ class IndexSlot:
     __slots__ = (
         "evicted",
         "index_fd",
+        "journal",
         "journal_fd",
         "journal_path",
         "key",
@@ -102,12 +106,14 @@ class IndexSlot:
         self.mutex = threading.RLock()
         self.index_fd = -1
         self.journal_fd = -1
+        self.journal: Journal | None = None
         self.state: IndexState | None = None
         self.last_used = next(_clock)
         self.evicted = False
 
     def close_files(self) -> None:
         """Close the cached descriptors (the caller holds ``mutex``)."""
+        self.journal = None
         for name in ("index_fd", "journal_fd"):
             fd = getattr(self, name)
             if fd >= 0:
@@ -295,11 +301,6 @@ def lock_file_for(path: str) -> LockFile:
         lock = _lock_paths.setdefault(path, lock)
     _evict(_lock_paths)
     return lock
-
-
-def touch(item: IndexSlot | LockFile) -> None:
-    """Mark ``item`` used now (for choosing what to close first)."""
-    item.last_used = next(_clock)
 
 
 def open_limit() -> int:

@@ -91,9 +91,13 @@ class Session:
         short, which only a writer may undo).
     deadline : float | None
         ``time.monotonic()`` value by which the caller's timeout runs out.
+    after : Callable | None
+        Set by a step: run once the file locks are released, before the
+        in-process mutex is (bookkeeping that other processes need not wait
+        for).
     """
 
-    __slots__ = ("created", "deadline", "end", "fd", "journal", "path", "slot", "st")
+    __slots__ = ("after", "created", "deadline", "end", "fd", "journal", "path", "slot", "st")
 
     def __init__(self, slot: IndexSlot, path: str, deadline: float | None) -> None:
         self.slot = slot
@@ -104,6 +108,7 @@ class Session:
         self.created = False
         self.journal: Journal | None = None
         self.end = 0
+        self.after: Callable[[], object] | None = None
 
 
 def poll(attempt: Callable[[], bool], deadline: float | None) -> bool:
@@ -173,14 +178,20 @@ def run_locked(
         s = Session(slot, real, deadline)
         reader_files: list[io.FileIO] = []
         try:
-            _take_mutex(slot.mutex, deadline)
-            _take_mutex(lock.mutex, deadline)
+            if not slot.mutex.acquire(False):
+                _take_mutex(slot.mutex, deadline)
+            if not lock.mutex.acquire(False):
+                _take_mutex(lock.mutex, deadline)
             if slot.evicted or lock.evicted:
                 continue  # closed for good meanwhile: look them up again
-            _handles.touch(slot)
-            _handles.touch(lock)
+            slot.last_used = lock.last_used = _handles.tick()
             if write:
-                _lock_lock_file(lock, slot, deadline)
+                if not (  # the lock file kept open, free, and checked lately
+                    lock.fd >= 0
+                    and _platform.try_lock(lock.fd, True)
+                    and time.monotonic() - lock.checked < RECHECK
+                ):
+                    _lock_lock_file(lock, slot, deadline)
                 if not _open_for_write(s, lock_path, create):
                     return step(None)
             elif not _open_for_read(s, lock_path, reader_files):
@@ -193,7 +204,7 @@ def run_locked(
             pending: BaseException | None = None
             while True:
                 try:
-                    _release(slot, lock, write, reader_files)
+                    _release(s, lock, write, reader_files)
                     break
                 except BaseException as e:  # retried, then re-raised
                     pending = pending or e
@@ -201,8 +212,9 @@ def run_locked(
                 raise pending
 
 
-def _release(slot: IndexSlot, lock: LockFile, write: bool, files: list[io.FileIO]) -> None:
+def _release(s: Session, lock: LockFile, write: bool, files: list[io.FileIO]) -> None:
     """Release what :func:`run_locked` took, in reverse order; safe to repeat."""
+    slot = s.slot
     for f in files:
         f.close()  # a reader's descriptors (closing releases their locks)
     if slot.mutex._is_owned():  # type: ignore[attr-defined]
@@ -210,6 +222,13 @@ def _release(slot: IndexSlot, lock: LockFile, write: bool, files: list[io.FileIO
             _unlock_quietly(slot.index_fd, slot.path)
         if write and lock.mutex._is_owned() and lock.fd >= 0:  # type: ignore[attr-defined]
             _unlock_quietly(lock.fd, lock.path)
+        after, s.after = s.after, None
+        if after is not None:
+            try:
+                after()
+            except BaseException:
+                slot.state = None  # half done: read the file afresh next time
+                raise
     while lock.mutex._is_owned():  # type: ignore[attr-defined]
         lock.mutex.release()
     while slot.mutex._is_owned():  # type: ignore[attr-defined]
@@ -253,6 +272,13 @@ def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
     (a rewrite renames a new file over it) or deleted is reopened.
     """
     slot = s.slot
+    fd = slot.index_fd
+    if fd >= 0 and slot.opened_via == s.path and _platform.try_lock(fd, True):
+        st = os.fstat(fd)
+        if st.st_nlink == 1 and slot.journal is not None:  # the usual case: still current
+            s.fd, s.st, s.journal = fd, st, slot.journal
+            return True
+        _platform.unlock(fd)
     if slot.opened_via != s.path:  # another spelling (bind mount): open through ours
         slot.close_files()
     while True:
@@ -280,9 +306,11 @@ def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
         slot.close_files()
         slot.state = None
     s.fd, s.st = fd, st
-    if slot.journal_fd < 0:
-        slot.journal_fd, slot.journal_path = _open_journal(s.path, lock_path, st)
-    s.journal = Journal(slot.journal_fd, slot.journal_path)
+    if slot.journal is None:
+        journal_fd, path = _open_journal(s.path, lock_path, st)
+        slot.journal_fd, slot.journal_path = journal_fd, path
+        slot.journal = Journal(journal_fd, path)
+    s.journal = slot.journal
     return True
 
 

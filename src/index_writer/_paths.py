@@ -74,7 +74,7 @@ class PathOffsets:
         self.starts = array("Q")  # row number -> offset
         self.keys: list[float] = []  # sorted keys
         self.pending = array("d")  # keys not sorted in yet
-        self.fresh: dict[int, list[int]] = {}  # full hash -> row numbers, not in keys
+        self.fresh: dict[int, int | list[int]] = {}  # full hash -> row number(s), not in keys
 
     def __len__(self) -> int:
         """How many rows are mapped."""
@@ -84,9 +84,15 @@ class PathOffsets:
         """Record that the row at ``offset`` holds ``path``."""
         row = len(self.starts)
         self.starts.append(offset)
-        self.fresh.setdefault(path_hash(path.encode()), []).append(row)
-        if len(self.fresh) > max(4096, len(self.keys) >> 3):
-            self.sort()
+        h = path_hash(path.encode())
+        fresh = self.fresh
+        if h in fresh:
+            old = fresh[h]
+            fresh[h] = [*old, row] if isinstance(old, list) else [old, row]
+        else:
+            fresh[h] = row
+            if len(fresh) > max(4096, len(self.keys) >> 3):
+                self.sort()
 
     def add_plain_lines(self, block: bytes, offset: int, column: int) -> None:
         """Record the paths of a block of plain lines starting at ``offset``.
@@ -110,11 +116,19 @@ class PathOffsets:
             starts = array("Q", itertools.compress(starts, nonblank))
         first = len(self.starts)
         self.starts.extend(starts)
-        hashes = map(path_hash, _fields(lines, column))
+        hashes = list(map(path_hash, _fields(lines, column)))
         if self.keys:  # already sorted: a few rows appended since; keep them aside
             fresh = self.fresh
-            for row, h in enumerate(hashes, first):
-                fresh.setdefault(h, []).append(row)
+            rows = range(first, first + len(lines))
+            new = dict(zip(hashes, rows, strict=True))
+            if len(new) == len(lines) and fresh.keys().isdisjoint(new):
+                fresh.update(new)  # the usual case: no path twice
+            else:
+                for h, row in zip(hashes, rows, strict=True):
+                    old = fresh.get(h)
+                    fresh[h] = (
+                        row if old is None else [*old, row] if isinstance(old, list) else [old, row]
+                    )
             if len(fresh) > max(4096, len(self.keys) >> 3):
                 self.sort()
             return
@@ -132,9 +146,13 @@ class PathOffsets:
         Sorting works in place, and merges the sorted runs it finds.
         """
         if self.fresh:
+            pending = self.pending
             for h, rows in self.fresh.items():
                 base = float(h & _HASH_MASK) * _SCALE
-                self.pending.extend(base + row for row in rows)
+                if isinstance(rows, list):
+                    pending.extend(base + row for row in rows)
+                else:
+                    pending.append(base + rows)
             self.fresh = {}
         if self.pending:
             self.keys.extend(self.pending)
@@ -146,12 +164,18 @@ class PathOffsets:
         if self.pending:
             self.sort()
         h = path_hash(path.encode())
-        found = [self.starts[row] for row in self.fresh.get(h, ())]
+        rows = self.fresh.get(h)
+        starts = self.starts
+        found = (
+            [] if rows is None
+            else [starts[row] for row in rows] if isinstance(rows, list)
+            else [starts[rows]]
+        )
         low = float(h & _HASH_MASK) * _SCALE
         high = low + _SCALE
         keys = self.keys
         i = bisect.bisect_left(keys, low)
         while i < len(keys) and keys[i] < high:
-            found.append(self.starts[int(keys[i]) & _ROW_MASK])
+            found.append(starts[int(keys[i]) & _ROW_MASK])
             i += 1
         return found

@@ -137,8 +137,18 @@ def plan(
     ValueError
         A column name that cannot be written (NUL, lone surrogate).
     """
+    if (  # the usual case, settled before the lock: an append to an unchanged header
+        guess is not None
+        and not replace_existing
+        and guess.schema is state.schema
+        and state.ends_clean
+    ):
+        return guess
     columns = state.header.columns
-    new_columns = _new_columns(columns, state.colpos, rows, filepath_column)
+    if guess is not None and guess.schema is state.schema:
+        new_columns: list[str] = []  # the guess was made: no row brings a new column
+    else:
+        new_columns = _new_columns(columns, state.colpos, rows, filepath_column)
     if columns and new_columns and not merge_columns:
         raise IndexSchemaMismatchError(set(new_columns), index_path)
     if new_columns:

@@ -246,7 +246,7 @@ def _read_appended(
     column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
     size, lines, eol = _check_rows(
         io.BytesIO(data), state.size, state.lines, len(state.header.columns), state.paths, column,
-        "\n",
+        "\n", st.st_size,
     )
     state.size = size
     state.lines = lines
@@ -278,7 +278,7 @@ def _load(fd: int, st: os.stat_result, paths_column: str | None) -> IndexState:
         records.close()
         f.seek(scanner.offset)
         size, lines, eol = _check_rows(
-            f, scanner.offset, scanner.line, n, paths, column, scanner.last_eol
+            f, scanner.offset, scanner.line, n, paths, column, scanner.last_eol, st.st_size
         )
         ends_clean = eol != "" or not scanner.consumed_any
     else:
@@ -307,8 +307,9 @@ def _check_rows(
     paths: PathOffsets | None,
     column: int | None,
     eol: str,
+    end: int,
 ) -> tuple[int, int, str]:
-    """Check the records from ``stream`` (at ``offset``, after ``line`` lines) to its end.
+    """Check the records from ``stream`` (at ``offset``, after ``line`` lines) to ``end``.
 
     Plain rows are checked in bulk (:func:`._table.skim`, C speed), the rest
     parsed; their paths are mapped if asked. ``eol`` ends the line before
@@ -326,6 +327,8 @@ def _check_rows(
     offset, line, skimmed_eol = skim(stream, offset, line, ncols, each)
     if offset > start:
         eol = skimmed_eol
+    if offset >= end:
+        return offset, line, eol
     scanner = Scanner(stream, offset, line)
     _take_records(scanner.records(), ncols, paths, column)
     if scanner.consumed_any:

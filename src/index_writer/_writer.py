@@ -378,7 +378,7 @@ class IndexWriter:
             phase.reading = False
             try:
                 if isinstance(todo, Append):
-                    _commit.append(s.fd, state, s.journal, todo, self.durable)
+                    s.after = _commit.append(s.fd, state, s.journal, todo, self.durable)
                 elif todo is not None:
                     _refuse_hard_links(s)
                     s.slot.state = _commit.rewrite(
