@@ -12,6 +12,7 @@ where ``unshare`` allows it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import itertools
 import json
@@ -678,3 +679,31 @@ def test_harness_unmounts_after_a_failure(tmp_path: Path) -> None:
         os.close(opened[0])
     assert not fusefs.is_mounted(mnt)
     assert (tmp_path / "src" / "f").read_text() == "passed through"
+
+
+# ------------------------------------------ what writers say on such filesystems
+
+
+def test_a_filesystem_without_locks_gives_one_clear_error(fuse: Callable[..., Path]) -> None:
+    """ENOLCK from locking: the error names the filesystem and points at doctor."""
+    from index_writer import IndexReadError, IndexWriteError, IndexWriter
+
+    mnt = fuse("enolck")
+    index = mnt / "index.csv"
+    with pytest.raises(IndexWriteError) as info:
+        IndexWriter(index).write_entry("a.nii", {"k": "v"})
+    message = str(info.value)
+    assert "file locks are not supported here (fuse" in message, message
+    assert f"index-writer doctor {mnt}" in message, message
+    assert info.value.original_exception.errno == errno.ENOLCK  # type: ignore[attr-defined]
+    index.write_text("path,k\na.nii,v\n")
+    (mnt / "index.csv.lock").write_text("")
+    with pytest.raises(IndexReadError, match="file locks are not supported here"):
+        IndexWriter(index).read_rows()
+    r = subprocess.run(
+        [sys.executable, "-m", "index_writer", "add", str(index), "b.nii", "k=w"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "index-writer doctor" in lines[0], r.stderr

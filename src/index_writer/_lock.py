@@ -29,6 +29,7 @@ wait -- that the lock file is still the one at its path.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -185,17 +186,22 @@ def run_locked(
             if slot.evicted or lock.evicted:
                 continue  # closed for good meanwhile: look them up again
             slot.last_used = lock.last_used = _handles.tick()
-            if write:
-                if not (  # the lock file kept open, free, and checked lately
-                    lock.fd >= 0
-                    and _platform.try_lock(lock.fd, True)
-                    and time.monotonic() - lock.checked < RECHECK
-                ):
-                    _lock_lock_file(lock, slot, deadline)
-                if not _open_for_write(s, lock_path, create):
+            try:
+                if write:
+                    if not (  # the lock file kept open, free, and checked lately
+                        lock.fd >= 0
+                        and _platform.try_lock(lock.fd, True)
+                        and time.monotonic() - lock.checked < RECHECK
+                    ):
+                        _lock_lock_file(lock, slot, deadline)
+                    if not _open_for_write(s, lock_path, create):
+                        return step(None)
+                elif not _open_for_read(s, lock_path, reader_files):
                     return step(None)
-            elif not _open_for_read(s, lock_path, reader_files):
-                return step(None)
+            except OSError as e:
+                if e.errno in _NO_LOCKS:
+                    raise _locks_unsupported(e, lock_path) from e
+                raise
             return step(s)
         finally:
             # Every release is idempotent and retried until all are done: an
@@ -396,6 +402,33 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
         if start is not None:
             s.end = min(s.end, start)
     return True
+
+
+#: What locking fails with where the filesystem does not lock (NFS without
+#: lockd, Lustre mounted noflock, some FUSE filesystems).
+_NO_LOCKS = frozenset(
+    getattr(errno, name) for name in ("ENOLCK", "ENOSYS", "EOPNOTSUPP", "ENOTSUP")
+    if hasattr(errno, name)
+)
+
+
+def _locks_unsupported(e: OSError, lock_path: str) -> OSError:
+    """The error for a filesystem that refuses file locks: which one, and what to do."""
+    directory = os.path.dirname(lock_path) or "."
+    where = ""
+    with contextlib.suppress(Exception):  # only a detail of the message
+        from ._doctor.mounts import find_mount
+
+        mount = find_mount(directory)
+        if mount is not None:
+            where = f" ({mount.fstype} mounted at {mount.mount_point})"
+    return OSError(
+        e.errno,
+        f"file locks are not supported here{where}: {e.strerror}; writers could not "
+        f"exclude each other. Run 'index-writer doctor {directory}' to check the "
+        "filesystem, or give lock_path on a filesystem that locks",
+        lock_path,
+    )
 
 
 def _holder(fd: int, slot: IndexSlot) -> str | None:
