@@ -100,3 +100,19 @@ def test_syscall_count_sorts_calls_by_the_file_they_name() -> None:
         ("other", "newfstatat"): 1,
         ("index", "close"): 1,
     }
+
+
+def test_contention_benchmark_measures_every_implementation() -> None:
+    saved = sys.path[:]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import contention
+    finally:
+        sys.path[:] = saved
+    cfg = contention.Config(writes=20, repeats=1, shapes=((2, 1), (2, 2)))
+    results = contention.run(cfg, log=lambda message: None)
+    for shape in ("2x1", "2x2"):
+        for impl in contention.IMPLS:
+            assert results["shapes"][shape][impl]["entries_per_s"] > 0
+    table = contention.table(results)
+    assert table.count("\n") == 3 and "2 processes × 2 threads" in table
