@@ -1,4 +1,4 @@
-"""The documentation in docs/ cannot rot: its examples run and its CLI help is current.
+"""README.md and docs/ cannot rot: their examples run and the CLI help is current.
 
 - Every ```` ```pycon ```` block is a doctest. The blocks of one page run in order,
   sharing their names, in a fresh working directory.
@@ -10,6 +10,15 @@
   matches anything, as in doctests.
 - ``requires=mod1,mod2`` in the marker skips the block when a module is
   missing; ``<!-- test: skip -->`` skips a pycon block.
+- docs/cli.md holds the ``--help`` of ``index-writer`` and each subcommand in
+  blocks marked ``<!-- help: index-writer SUB -->``; they must match the
+  argparse parser (whitespace aside), and every subcommand needs a section with
+  an example. After changing the CLI, regenerate them with::
+
+      python tests/test_docs.py --update
+
+README.md is checked too, and so is every shell block:
+
 - Every other ```` ```sh ````, ```` ```bash ```` and ```` ```console ```` block of
   README.md and docs/ runs too, with ``index-writer`` on PATH: a page's blocks
   run in order in one fresh directory (its pycon blocks replayed among them),
@@ -27,12 +36,8 @@
   it is reported as a skipped test with its reason, and counted.
 - Code lines in README.md and docs/ fit the page: at most 80 characters (the
   width a code block shows beside both sidebars of the site).
-- docs/cli.md holds the ``--help`` of ``index-writer`` and each subcommand in
-  blocks marked ``<!-- help: index-writer SUB -->``; they must match the
-  argparse parser (whitespace aside), and every subcommand needs a section with
-  an example. After changing the CLI, regenerate them with::
-
-      python tests/test_docs.py --update
+- The site builds without a word on the terminal, its API signatures split over
+  lines.
 """
 
 from __future__ import annotations
@@ -473,6 +478,23 @@ def test_code_lines_fit_the_page() -> None:
         if len(line) > CODE_COLUMNS
     ]
     assert not wide, f"code lines longer than {CODE_COLUMNS} characters:\n" + "\n".join(wide)
+
+
+#: Words from the project's own history that mean nothing to a user.
+INTERNAL = re.compile(
+    r"\bseed(?:'s)?\b(?! ?=)|\bissue #?\d+|\btargets of\b|\bthe lead\b|\bthe seed\b", re.I
+)
+
+
+def test_users_read_no_internal_vocabulary() -> None:
+    src = ROOT / "src"
+    texts = {p.relative_to(ROOT): p.read_text(encoding="utf-8") for p in [README, *PAGES]}
+    texts.update({p.relative_to(ROOT): p.read_text(encoding="utf-8") for p in src.rglob("*.py")})
+    texts.update({Path(f"--help of {name}"): text for name, text in cli_help().items()})
+    found = [
+        f"{where}: {m[0]!r}" for where, text in texts.items() for m in INTERNAL.finditer(text)
+    ]
+    assert not found, "say it in the user's words: " + ", ".join(found)
 
 
 def _mkdocs() -> list[str]:
