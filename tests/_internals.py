@@ -98,15 +98,31 @@ def forget_all() -> None:
 def path_offsets(writer: IndexWriter, paths: Iterable[str]) -> tuple[dict[str, int | None], int]:
     """Where this process's map of ``writer``'s index puts each of ``paths``.
 
-    Returns ``{path: offset, or -1 for several rows, or None}`` and how many
-    distinct paths the map holds in all.
+    Returns ``{path: offset of its row, or -1 for several rows, or None}``
+    (candidates checked against the stored rows, as writes do) and how many
+    rows the map holds in all.
     """
+    from index_writer import _state
+
     found = _handles.slot_for(writer._index, create_directory=False)
     assert found is not None
-    slot = found[0]
-    assert slot.state is not None and slot.state.paths is not None
-    mapped = slot.state.paths
-    return {p: mapped.where(p) for p in paths}, len(mapped)
+    slot, real = found
+    state = slot.state
+    assert state is not None and state.paths is not None
+    column = state.colpos[state.paths_column or ""]
+    out: dict[str, int | None] = {}
+    fd = os.open(real, os.O_RDONLY)
+    try:
+        for p in paths:
+            hits = [
+                offset
+                for offset in state.paths.candidates(p)
+                if _state.stored_row(fd, state, offset)[column] == p
+            ]
+            out[p] = None if not hits else hits[0] if len(hits) == 1 else -1
+    finally:
+        os.close(fd)
+    return out, len(state.paths)
 
 
 def journal_path(index: str | os.PathLike[str]) -> str:

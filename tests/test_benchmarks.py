@@ -65,3 +65,38 @@ def test_rewrite_all_script_with_threads(tmp_path: Path) -> None:
     lines = r.stdout.splitlines()
     assert lines[1] == "  kept 40 of 40 entries"
     assert re.fullmatch(r"  kept \d+ of 40 entries.*|  unreadable: .*", lines[3])
+
+
+def test_syscall_count_sorts_calls_by_the_file_they_name() -> None:
+    # Lines as `strace -f -y` prints them: a descriptor shows its path in <>.
+    saved = sys.path[:]
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import syscalls  # puts benchmarks/ and tests/ on sys.path itself
+    finally:
+        sys.path[:] = saved
+    d, m = "/w/index", "/w/markers"
+    trace = "\n".join([
+        f'7 pwrite64(5<{d}/.index.csv.journal>, "x", 1, 0) = 1',  # before BEGIN: not counted
+        f'7 newfstatat(AT_FDCWD</src>, "{m}/BEGIN", {{}}, 0) = 0',
+        f"7 fcntl(3<{d}/index.csv.lock>, F_SETLK, {{l_type=F_WRLCK}}) = 0",
+        f"7 fcntl(4<{d}/index.csv>, F_SETLK, {{l_type=F_WRLCK}}) = 0",
+        f'7 newfstatat(4<{d}/index.csv>, "", {{st_size=22}}, AT_EMPTY_PATH) = 0',
+        f'7 pwrite64(5<{d}/.index.csv.journal>, "index-writer journal 2\\nA"..., 147, 0) = 147',
+        f'7 write(4<{d}/index.csv>, "b,1\\n", 4) = 4',
+        f'7 newfstatat(AT_FDCWD</src>, "{d}/index.csv.tmp1", {{}}, 0) = 0',
+        '7 newfstatat(AT_FDCWD</src>, "/usr/lib/python3", {}, 0) = 0',  # not ours
+        f"7 close(9<{d}/index.csv (deleted)>) = 0",
+        f'7 newfstatat(AT_FDCWD</src>, "{m}/END", {{}}, 0) = 0',
+        f'7 write(4<{d}/index.csv>, "c,1\\n", 4) = 4',  # after END: not counted
+    ])
+    calls = syscalls.count(trace, Path(d) / "index.csv", m)
+    assert calls == {
+        ("lock file", "fcntl"): 1,
+        ("index", "fcntl"): 1,
+        ("index", "newfstatat"): 1,
+        ("journal", "pwrite64"): 1,
+        ("index", "write"): 1,
+        ("other", "newfstatat"): 1,
+        ("index", "close"): 1,
+    }

@@ -9,7 +9,8 @@
   prints (stdout and stderr together) with the lines below it; ``...``
   matches anything, as in doctests.
 - ``requires=mod1,mod2`` in the marker skips the block when a module is
-  missing; ``<!-- test: skip -->`` skips a pycon block.
+  missing (``requires=imgtools`` also marks its test ``imgtools``);
+  ``<!-- test: skip -->`` skips a pycon block.
 - docs/cli.md holds the ``--help`` of ``index-writer`` and each subcommand in
   blocks marked ``<!-- help: index-writer SUB -->``; they must match the
   argparse parser (whitespace aside), and every subcommand needs a section with
@@ -53,6 +54,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,6 +155,16 @@ PAGES = sorted(p for p in DOCS.glob("*.md") if p.name not in NOT_OURS)
 ALL_BLOCKS = [b for page in [README, *PAGES] for b in blocks(page)]
 
 
+#: Tests of blocks that need one of these modules get its marker (CI runs the
+#: tests marked ``imgtools`` in a step of their own, with med-imagetools installed).
+MARKED_MODULES = {"imgtools": pytest.mark.imgtools}
+
+
+def _param(value: object, requires: list[str], test_id: str) -> Any:
+    marks = [MARKED_MODULES[m] for m in requires if m in MARKED_MODULES]
+    return pytest.param(value, marks=marks, id=test_id)
+
+
 def _missing(modules: list[str]) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
@@ -194,7 +206,11 @@ def test_docs_have_runnable_examples() -> None:
 
 @pytest.mark.parametrize(
     "page",
-    [p.name for p in PAGES if any(b.lang == "pycon" for b in blocks(p))],
+    [
+        _param(p.name, [m for b in blocks(p) if b.lang == "pycon" for m in b.requires], p.name)
+        for p in PAGES
+        if any(b.lang == "pycon" for b in blocks(p))
+    ],
 )
 def test_pycon_examples(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The page's pycon blocks, with its shell blocks among them, in order."""
@@ -248,8 +264,7 @@ def run_page(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.mark.parametrize(
     "block",
-    [b for b in ALL_BLOCKS if b.lang == "python" and "run" in b.flags],
-    ids=lambda b: b.id,
+    [_param(b, b.requires, b.id) for b in ALL_BLOCKS if b.lang == "python" and "run" in b.flags],
 )
 def test_python_scripts(block: Block, tmp_path: Path) -> None:
     missing = _missing(block.requires)
@@ -289,8 +304,7 @@ def console_steps(text: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(
     "block",
-    [b for b in ALL_BLOCKS if b.lang == "console" and "run" in b.flags],
-    ids=lambda b: b.id,
+    [_param(b, b.requires, b.id) for b in ALL_BLOCKS if b.lang == "console" and "run" in b.flags],
 )
 def test_console_examples(block: Block, tmp_path: Path) -> None:
     missing = _missing(block.requires)

@@ -61,8 +61,14 @@ def test_the_wheel_holds_the_library_and_nothing_else(wheel: Path) -> None:
     version = index_writer.__version__
     dist_info = f"index_writer-{version}.dist-info/"
     assert wheel.name.startswith(f"index_writer-{version}-")
-    strays = [n for n in names if not n.startswith(("index_writer/", dist_info))]
+    # Beside the package: only the start-up hook that honours INDEX_WRITER_AS_IMGTOOLS.
+    strays = [
+        n
+        for n in names
+        if not n.startswith(("index_writer/", dist_info)) and n != "index_writer_imgtools.pth"
+    ]
     assert strays == [], f"files outside the package: {strays}"
+    assert "index_writer_imgtools.pth" in names
     for word in ("benchmark", "_naive", "rewrite_all", "compare", "_original", "test"):
         assert not [n for n in names if word in n], f"{word!r} ships in the wheel: {names}"
     for module in ("__init__", "_writer", "_check", "_demo", "_cli/__init__", "_cli/add"):

@@ -82,6 +82,11 @@ NOT_THE_BENCHMARKS = {
         "10 ms": "the writer's polling interval with a timeout",
         "10 minutes": "the timeout in the example",
     },
+    "clusters.md": {
+        "5 s": "how soon doctor wants a killed holder's lock free",
+        "2.6 ms": "hold times in doctor's example report",
+        "2.1 ms": "hold times in doctor's example report",
+    },
     "crash-safety.md": {
         "5 s": "ext4's commit interval",
         "30 s": "the kernel's writeback delay",

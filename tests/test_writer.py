@@ -52,6 +52,9 @@ def test_public_names_and_hierarchy() -> None:
         "CheckReport",
         "dedupe",
         "DedupeRefusedError",
+        # med-imagetools integration (tests/test_imgtools*.py).
+        "install_as_imgtools",
+        "uninstall_as_imgtools",
     }
     for cls in (
         index_writer.DedupeRefusedError,
@@ -613,12 +616,39 @@ def test_path_map_from_bulk_check_equals_parsed(tmp_path: Path, body: bytes) -> 
     forget()
     w.write_entry("zzz", {"v": 0}, replace_existing=True)  # builds the map
     expected: dict[str, int | None] = {}
+    rows = 0
     with index.open("rb") as f:
         _, _, records = _table.read_header(f)
         for _, start, fields in records:
             expected[fields[0]] = -1 if fields[0] in expected else start
+            rows += 1
     expected["zzz"] = index.stat().st_size - len(b"zzz,0" + eol)
     assert _internals.path_offsets(w, [*expected, "absent"]) == (
         {**expected, "absent": None},
-        len(expected),
+        rows,  # "zzz" included: the map holds every row
     )
+
+
+def _append_from_another_process(index: str, rows: list[tuple[str, dict[str, str]]]) -> None:
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(
+        target=lambda: IndexWriter(index).write_entries(rows)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+
+
+def test_quoted_rows_appended_by_another_process_survive_a_rewrite(index: Path) -> None:
+    """What another writer appended is taken in (plain rows in bulk, quoted ones
+    parsed) before this writer rewrites the file: nothing of it may be lost."""
+    w = IndexWriter(index)
+    w.write_entry("a", {"v": "1"})  # this process now knows the file
+    _append_from_another_process(
+        str(index),
+        [("b", {"v": "2"}), ("c", {"v": 'x,"y"\r\nz'}), ("d", {"v": "4"})],
+    )
+    w.write_entry("e", {"v": "5", "new": "column"})  # a rewrite
+    assert [r["path"] for r in w.read_rows()] == ["a", "b", "c", "d", "e"]
+    assert w.read_rows()[2]["v"] == 'x,"y"\r\nz'

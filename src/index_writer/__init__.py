@@ -16,6 +16,7 @@ from ._errors import (
     IndexWriteError,
     IndexWriterError,
 )
+from ._imgtools import install_as_imgtools, uninstall_as_imgtools
 from ._writer import IndexWriter
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "IndexWriterError",
     "check_index",
     "dedupe",
+    "install_as_imgtools",
+    "uninstall_as_imgtools",
 ]
 
 __version__ = "0.1.0"

@@ -22,11 +22,13 @@ import errno
 import io
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from ._check_report import CheckReport, DedupeRefusedError, inspect
 from ._check_scan import Source
 from ._errors import IndexReadError
+from ._files import pread_all
 from ._table import BOM, read_header
 
 __all__ = ["CheckReport", "DedupeRefusedError", "check_index", "dedupe"]
@@ -199,24 +201,31 @@ def dedupe(
     writer = IndexWriter(path, lock_path, timeout=timeout, durable=True)
     removed = 0
 
-    def without_duplicates(data: bytes) -> bytes | None:
+    def without_duplicates(fd: int, size: int) -> Iterator[bytes] | None:
         nonlocal removed
-        report, groups = inspect(Source(path, data), filepath_column, keep_spans=True)
+        report, groups = inspect(Source(path, fd=fd, size=size), filepath_column, keep_spans=True)
         if report.blocking:
             raise DedupeRefusedError(report)
         if not report.duplicate_rows:
             return None
-        view = memoryview(data)
-        chunks: list[memoryview] = []
-        pos = 0
-        for start, end in groups.all_but_last():
-            chunks.append(view[pos:start])
-            pos = end
-            removed += 1
-        chunks.append(view[pos:])
-        return b"".join(chunks)
+        spans = list(groups.all_but_last())
+        removed = len(spans)
+        return _copy_except(fd, size, spans)
 
     if not replace_contents(writer, without_duplicates):
         return 0
     logger.info("removed %d duplicate rows from %s", removed, path)
     return removed
+
+
+def _copy_except(fd: int, size: int, spans: list[tuple[int, int]]) -> Iterator[bytes]:
+    """The file's bytes without the ``(start, end)`` spans (sorted), in chunks of 1 MiB."""
+    pos = 0
+    for start, end in [*spans, (size, size)]:
+        while pos < start:
+            chunk = pread_all(fd, min(1 << 20, start - pos), pos)
+            if not chunk:  # pragma: no cover - the file is locked and this long
+                return
+            yield chunk
+            pos += len(chunk)
+        pos = end

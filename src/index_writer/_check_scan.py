@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from ._files import BoundedReader
 from ._table import BOM, Scanner, TableError
 
 #: How many examples (line numbers) a report lists per problem.
@@ -35,16 +36,23 @@ Record = tuple[int, int, int, list[str]]
 
 
 class Source:
-    """The bytes being read: a file, opened anew for each stream, or bytes in memory."""
+    """The bytes being read: a file (by path, or its first ``size`` bytes through an
+    open descriptor ``fd``), opened anew for each stream, or bytes in memory."""
 
-    def __init__(self, path: Path, data: bytes | None = None) -> None:
+    def __init__(
+        self, path: Path, data: bytes | None = None, *, fd: int = -1, size: int = 0
+    ) -> None:
         self.path = path
         self.data = data
+        self.fd = fd
+        self.size = size
 
     def open(self) -> BinaryIO:
         """A new binary stream at the first byte."""
         if self.data is not None:
             return io.BytesIO(self.data)
+        if self.fd >= 0:
+            return io.BufferedReader(BoundedReader(self.fd, self.size), 1 << 16)
         return open(self.path, "rb")
 
 

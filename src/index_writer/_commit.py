@@ -11,7 +11,7 @@ index is touched:
   replaces the index atomically (:func:`._files.replace`) and returns the
   state of the new file;
 - :func:`replace_contents` is the same atomic replacement for maintenance
-  tools that compute the new bytes themselves.
+  tools that produce the new bytes themselves.
 
 Before a rewrite starts, the index's modification time is bumped, so every
 other writer sees a change and reads the journal on its next call: if the
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from . import _files, _platform
 from ._journal import Journal, append_record, rewrite_record
@@ -92,23 +92,25 @@ def replace_contents(
     size: int,
     journal: Journal,
     index: str,
-    transform: Callable[[bytes], bytes | None],
+    produce: Callable[[int, int], Iterable[bytes] | None],
     durable: bool,
 ) -> bool:
-    """Replace the index open as ``fd`` by ``transform(old bytes)``, atomically.
+    """Replace the index open as ``fd`` by what ``produce(fd, size)`` yields, atomically.
 
-    ``transform`` returns None to leave the file alone. Returns whether the
-    file was replaced.
+    ``produce`` reads the old file (``size`` bytes, with ``pread``) and
+    returns the new file's bytes as an iterable of chunks, streamed to the
+    new file as they come, or None to leave the file alone. Returns whether
+    the file was replaced.
     """
-    new = transform(_files.pread_all(fd, size, 0))
-    if new is None:
+    chunks = produce(fd, size)
+    if chunks is None:
         return False
-    _replace(fd, journal, index, [new], durable)
+    _replace(fd, journal, index, chunks, durable)
     return True
 
 
 def _replace(
-    fd: int, journal: Journal, index: str, chunks: Iterator[bytes] | list[bytes], durable: bool
+    fd: int, journal: Journal, index: str, chunks: Iterable[bytes], durable: bool
 ) -> os.stat_result:
     """Journal, bump the old file's time, write the new one and rename it over."""
     like = os.fstat(fd)

@@ -48,7 +48,9 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
     the exception re-raised, so no partial row is ever left behind.
     """
     try:
-        write_all(fd, data)
+        written = os.write(fd, data)
+        if written != len(data):  # the rest, or the reason it does not fit
+            write_all(fd, memoryview(data)[written:])
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -189,7 +191,7 @@ def replace(
     return st
 
 
-def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+def write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
     """Write all of ``data`` to ``fd`` (at ``offset`` with ``pwrite`` if given).
 
     A write that accepts only part of the bytes is retried with the rest, so

@@ -45,6 +45,7 @@ __all__ = [
     "generation",
     "journal_name",
     "journal_path",
+    "known_state",
     "lock_file_for",
     "open_limit",
     "slot_for",
@@ -122,23 +123,17 @@ class LockFile:
     ``lockf`` lock med-imagetools takes, so the two exclude each other.
     """
 
-    __slots__ = ("_ipl", "checked", "evicted", "identity", "last_used", "mutex", "path")
+    __slots__ = ("_ipl", "checked", "evicted", "fd", "identity", "last_used", "mutex", "path")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.mutex = threading.RLock()
         self._ipl = fasteners.InterProcessLock(path)
+        self.fd = -1  # the open lock file's descriptor, -1 when closed
         self.identity: tuple[int, int] | None = None
         self.checked = 0.0  # time.monotonic() of the last check that it is still at its path
         self.last_used = next(_clock)
         self.evicted = False
-
-    def is_open(self) -> bool:
-        lockfile = self._ipl.lockfile
-        return lockfile is not None and not lockfile.closed
-
-    def fileno(self) -> int:
-        return int(self._ipl.lockfile.fileno())
 
     def open_and_try(self) -> bool:
         """Open (creating the file and its directory) and try the lock once."""
@@ -148,18 +143,10 @@ class LockFile:
             if isinstance(e.__context__, OSError):
                 raise e.__context__ from None
             raise
-        st = os.fstat(self.fileno())
+        self.fd = int(self._ipl.lockfile.fileno())
+        st = os.fstat(self.fd)
         self._note_identity((st.st_dev, st.st_ino))
         return got
-
-    def try_lock(self) -> bool:
-        """Take the file lock if it is free; False if another process holds it."""
-        return _platform.try_lock(self.fileno(), exclusive=True)
-
-    def unlock(self) -> None:
-        """Release the file lock (harmless when it is not held)."""
-        if self.is_open():
-            _platform.unlock(self.fileno())
 
     def still_at_path(self) -> bool:
         """Whether the file we have open is still the one at our path."""
@@ -171,11 +158,13 @@ class LockFile:
 
     def close(self) -> None:
         """Close our descriptor (the caller holds ``mutex`` and no lock)."""
-        if self.is_open():
+        lockfile = self._ipl.lockfile
+        if lockfile is not None and not lockfile.closed:
             with contextlib.suppress(OSError):
-                self._ipl.lockfile.close()
+                lockfile.close()
         self._ipl.lockfile = None
         self._ipl.acquired = False
+        self.fd = -1
         with _guard:
             if self.identity is not None and _lock_files.get(self.identity) is self:
                 del _lock_files[self.identity]
@@ -212,9 +201,9 @@ def _reset_after_fork() -> None:
     for slot in _slots.values():
         slot.close_files()
     for lock in {*_lock_files.values(), *_lock_paths.values()}:
-        if lock.is_open():
+        if lock.fd >= 0:
             with contextlib.suppress(OSError):
-                lock._ipl.lockfile.close()
+                os.close(lock.fd)
     _guard = threading.Lock()
     _slots, _resolved, _lock_files, _lock_paths = {}, {}, {}, {}
     _generation += 1
@@ -274,6 +263,15 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
         _evict(_slots)
     _resolved[index] = (slot, real)
     return slot, real
+
+
+def known_state(index: str) -> IndexState | None:
+    """What this process last knew about the index at ``index``, if anything.
+
+    Read without the lock, as a hint (see :func:`._plan.guess_append`).
+    """
+    hit = _resolved.get(index)
+    return None if hit is None else hit[0].state
 
 
 def lock_file_for(path: str) -> LockFile:

@@ -66,9 +66,15 @@ HEAD = 4096
 #: read whole when this is not enough.
 _READ = 1 << 13
 
-_HOST = socket.gethostname()
-_PID = [os.getpid()]  # getpid() is a system call; kept, and renewed in a forked child
-_platform.register_after_fork(lambda: _PID.__setitem__(0, os.getpid()))
+_WHO = [""]  # who writes records: host and pid (getpid() is a system call)
+
+
+def _renew_who() -> None:
+    _WHO[0] = f'"host":{json.dumps(socket.gethostname())},"pid":{os.getpid()}'
+
+
+_renew_who()
+_platform.register_after_fork(_renew_who)
 
 
 class Record:
@@ -200,7 +206,7 @@ def rewrite_record(temp: str) -> bytes:
 
 
 def _who() -> str:
-    return f'"host":{json.dumps(_HOST)},"pid":{_PID[0]},"time":{time.time():.3f}'
+    return f'{_WHO[0]},"time":{time.time():.3f}'
 
 
 def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int | None:

@@ -34,6 +34,7 @@ import io
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -134,7 +135,9 @@ def _wait(fd: int, exclusive: bool, deadline: float | None) -> bool:
 def _take_mutex(mutex: Any, deadline: float | None) -> None:
     if deadline is None:
         mutex.acquire()
-    elif not mutex.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        return
+    wait = min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
+    if not mutex.acquire(timeout=wait):
         raise LockTimeout("another thread of this process holds it")
 
 
@@ -169,16 +172,6 @@ def run_locked(
         lock = _handles.lock_file_for(lock_path)
         s = Session(slot, real, deadline)
         reader_files: list[io.FileIO] = []
-        # What releasing takes, prepared before anything is taken. Every step
-        # is idempotent and retried until done: an interrupt landing between
-        # taking and releasing must not leave a lock behind.
-        release: list[tuple[Callable[..., object], tuple[Any, ...]]] = [
-            (_close_all, (reader_files,)),
-            (_unlock_index, (slot, write)),
-            (_unlock_lock_file, (lock, write)),
-            (_release_all, (lock.mutex,)),
-            (_release_all, (slot.mutex,)),
-        ]
         try:
             _take_mutex(slot.mutex, deadline)
             _take_mutex(lock.mutex, deadline)
@@ -194,69 +187,62 @@ def run_locked(
                 return step(None)
             return step(s)
         finally:
+            # Every release is idempotent and retried until all are done: an
+            # interrupt landing between taking and releasing must not leave a
+            # lock behind.
             pending: BaseException | None = None
-            while release:
+            while True:
                 try:
-                    while release:
-                        release[0][0](*release[0][1])
-                        del release[0]
-                except OSError as e:  # a failing unlock: closing later still releases
-                    logger.warning("releasing the lock of %s: %s", index, e)
-                    del release[0]
+                    _release(slot, lock, write, reader_files)
+                    break
                 except BaseException as e:  # retried, then re-raised
                     pending = pending or e
             if pending is not None:
                 raise pending
 
 
-def _close_all(files: list[io.FileIO]) -> None:
+def _release(slot: IndexSlot, lock: LockFile, write: bool, files: list[io.FileIO]) -> None:
+    """Release what :func:`run_locked` took, in reverse order; safe to repeat."""
     for f in files:
-        f.close()
+        f.close()  # a reader's descriptors (closing releases their locks)
+    if slot.mutex._is_owned():  # type: ignore[attr-defined]
+        if write and slot.index_fd >= 0:
+            _unlock_quietly(slot.index_fd, slot.path)
+        if write and lock.mutex._is_owned() and lock.fd >= 0:  # type: ignore[attr-defined]
+            _unlock_quietly(lock.fd, lock.path)
+    while lock.mutex._is_owned():  # type: ignore[attr-defined]
+        lock.mutex.release()
+    while slot.mutex._is_owned():  # type: ignore[attr-defined]
+        slot.mutex.release()
 
 
-def _unlock_lock_file(lock: LockFile, write: bool) -> None:
-    if write and _owned(lock.mutex):
-        lock.unlock()
-
-
-def _owned(mutex: Any) -> bool:
-    """Whether this thread holds ``mutex`` (an RLock)."""
-    return bool(mutex._is_owned())
-
-
-def _release_all(mutex: Any) -> None:
-    while _owned(mutex):
-        mutex.release()
-
-
-def _unlock_index(slot: IndexSlot, write: bool) -> None:
-    if write and _owned(slot.mutex) and slot.index_fd >= 0:
-        _platform.unlock(slot.index_fd)
+def _unlock_quietly(fd: int, path: str) -> None:
+    try:
+        _platform.unlock(fd)
+    except OSError as e:  # closing the descriptor later still releases it
+        logger.warning("could not unlock %s: %s", path, e)
 
 
 def _lock_lock_file(lock: LockFile, slot: IndexSlot, deadline: float | None) -> None:
     """Take the lock file's exclusive lock, on the file currently at its path."""
     while True:
-        waited = False
-        if not lock.is_open():
+        if lock.fd < 0:
             got = lock.open_and_try()
             lock.checked = time.monotonic()
         else:
-            got = lock.try_lock()
-        if not got:
-            if not _wait(lock.fileno(), True, deadline):
-                raise LockTimeout(_holder(lock.fileno(), slot))
-            waited = True
-        now = time.monotonic()
-        if not waited and now - lock.checked < RECHECK:
-            return
-        lock.checked = now
+            got = _platform.try_lock(lock.fd, True)
+        if got:
+            if time.monotonic() - lock.checked < RECHECK:
+                return
+        elif not _wait(lock.fd, True, deadline):
+            raise LockTimeout(_holder(lock.fd, slot))
+        lock.checked = time.monotonic()
         if lock.still_at_path():
             return
         # Deleted (and maybe recreated) since we opened it: our lock guards
         # nothing. Start again on the current file.
         logger.debug("lock file %s was replaced; locking the new one", lock.path)
-        lock.unlock()
+        _platform.unlock(lock.fd)
         lock.close()
 
 

@@ -12,6 +12,11 @@ the rows to write and the caller's flags, and returns one of:
 
 It raises, before anything is written, for a schema the caller did not allow
 or a column name that could not be read back.
+
+Most writes are appends to an index whose header does not change, so
+:func:`guess_append` formats and encodes the rows *before* the lock is taken,
+for the header known then; :func:`plan` uses that guess when the header is
+still the same. The lock is then held only for the system calls.
 """
 
 from __future__ import annotations
@@ -20,12 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._errors import IndexSchemaMismatchError
-from ._paths import DUPLICATE
 from ._rows import Row, encode
 from ._state import IndexState
 from ._table import format_row
 
-__all__ = ["Append", "Rewrite", "plan"]
+__all__ = ["Append", "Rewrite", "guess_append", "plan"]
 
 
 class Append:
@@ -44,7 +48,7 @@ class Append:
         The rows, in the same order.
     """
 
-    __slots__ = ("columns", "data", "lead", "rows", "text", "texts")
+    __slots__ = ("columns", "data", "lead", "rows", "schema", "text", "texts")
 
     def __init__(self, columns: list[str], lead: str, rows: list[Row], eol: str) -> None:
         self.columns = columns
@@ -53,6 +57,7 @@ class Append:
         self.texts = [format_row([row.get(c, "") for c in columns], eol) for row in rows]
         self.text = lead + "".join(self.texts)
         self.data = encode(self.text, rows)
+        self.schema: tuple[tuple[str, ...], str] | None = None
 
 
 class Rewrite:
@@ -77,6 +82,34 @@ class Rewrite:
         self.appends = appends
 
 
+def guess_append(state: IndexState | None, rows: list[Row]) -> Append | None:
+    """The append of ``rows`` to the index ``state`` describes, if its header stays so.
+
+    Safe to call without the lock: it reads only ``state.schema``, which is
+    replaced, never changed. None when the rows bring new columns or the
+    index has no header yet (then :func:`plan` decides under the lock).
+
+    Raises
+    ------
+    ValueError
+        A value that cannot be written (NUL, lone surrogate).
+    """
+    if state is None:
+        return None
+    schema = state.schema
+    columns, eol = schema
+    if not columns:
+        return None
+    known = set(columns)
+    for row in rows:
+        for key in row:
+            if key not in known:
+                return None
+    guess = Append(list(columns), "", rows, eol)
+    guess.schema = schema
+    return guess
+
+
 def plan(
     state: IndexState,
     rows: list[Row],
@@ -84,15 +117,18 @@ def plan(
     *,
     replace_existing: bool,
     merge_columns: bool,
-    is_stored: Callable[[int, Row], bool],
+    stored_row: Callable[[int], list[str]],
     index_path: Path,
+    guess: Append | None = None,
 ) -> Append | Rewrite | None:
     """What writing ``rows`` to the index described by ``state`` takes.
 
-    ``is_stored(offset, row)`` tells whether the row stored at ``offset``
-    already equals ``row`` (it reads the file; it is only called for
-    ``replace_existing``). ``state.paths`` must map ``filepath_column`` when
-    ``replace_existing`` is set.
+    ``stored_row(offset)`` reads the fields of the row stored at ``offset``
+    (it is only called for ``replace_existing``, to check the rows
+    ``state.paths`` names as candidates). ``state.paths`` must map
+    ``filepath_column`` when ``replace_existing`` is set. ``guess`` is
+    :func:`guess_append`'s answer, used if the header is still the one it
+    was made for.
 
     Raises
     ------
@@ -112,15 +148,14 @@ def plan(
     appends = rows
     replacements: dict[str, Row] = {}
     if replace_existing:
-        paths = state.paths
-        assert paths is not None
+        assert state.paths is not None
         latest = {row[filepath_column]: row for row in rows}
         appends = []
         for path, row in latest.items():
-            where = paths.where(path)
-            if where is None:
+            stored = _stored_rows(state, path, filepath_column, stored_row)
+            if not stored:
                 appends.append(row)
-            elif rewrite or where == DUPLICATE or not is_stored(where, row):
+            elif rewrite or len(stored) > 1 or stored[0] != [row.get(c, "") for c in columns]:
                 replacements[path] = row
         rewrite = rewrite or bool(replacements)
 
@@ -128,10 +163,33 @@ def plan(
         return Rewrite(columns + new_columns, replacements, appends)
     if not appends:
         return None  # every entry is already stored exactly so
+    if (
+        guess is not None
+        and guess.schema is state.schema
+        and state.ends_clean
+        and len(appends) == len(rows)  # all of them, in order
+    ):
+        return guess
     eol = state.header.eol
     if columns:
         return Append(columns, "" if state.ends_clean else eol, appends, eol)
     return Append(new_columns, format_row(new_columns, eol), appends, eol)
+
+
+def _stored_rows(
+    state: IndexState, path: str, filepath_column: str, stored_row: Callable[[int], list[str]]
+) -> list[list[str]]:
+    """The rows holding ``path`` (each padded to the header's width)."""
+    column = state.colpos.get(filepath_column)
+    if column is None or state.paths is None:
+        return []
+    width = len(state.header.columns)
+    rows = []
+    for offset in state.paths.candidates(path):
+        fields = stored_row(offset)
+        if column < len(fields) and fields[column] == path:
+            rows.append(fields + [""] * (width - len(fields)))
+    return rows
 
 
 def _new_columns(

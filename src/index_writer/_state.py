@@ -34,7 +34,6 @@ from typing import BinaryIO
 from . import _files, _journal, _platform
 from ._lock import Session
 from ._paths import PathOffsets
-from ._rows import Row
 from ._table import Header, Scanner, TableError, read_header, skim, too_wide
 
 __all__ = [
@@ -44,7 +43,7 @@ __all__ = [
     "iter_rows",
     "recover",
     "refresh",
-    "stored_equals",
+    "stored_row",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +77,10 @@ class IndexState:
         The column ``paths`` maps, if any.
     paths : PathOffsets | None
         Where each path's row starts; built once ``replace_existing`` needs it.
+    schema : tuple
+        ``(columns, line terminator)`` as an immutable pair, replaced (never
+        changed) when the header changes: what a write planned before taking
+        the lock checks it planned for.
     """
 
     __slots__ = (
@@ -91,6 +94,7 @@ class IndexState:
         "mtime_ns",
         "paths",
         "paths_column",
+        "schema",
         "size",
         "tail",
     )
@@ -114,6 +118,7 @@ class IndexState:
         self.size = size
         self.header = header
         self.colpos = {c: i for i, c in enumerate(header.columns)}
+        self.schema = (tuple(header.columns), header.eol)
         self.lines = lines
         self.ends_clean = ends_clean
         self.head = head
@@ -134,6 +139,7 @@ class IndexState:
         """The header's columns are now ``columns``."""
         self.header.columns = list(columns)
         self.colpos = {c: i for i, c in enumerate(columns)}
+        self.schema = (tuple(columns), self.header.eol)
 
     def note_append(self, data: bytes, text: str, mtime_ns: int) -> None:
         """Advance past ``data`` (``text`` encoded), just appended by us."""
@@ -144,7 +150,10 @@ class IndexState:
         self._note_bytes(data)
 
     def _note_bytes(self, data: bytes) -> None:
-        self.tail = (self.tail + data)[-TAIL_BYTES:]
+        if len(data) >= TAIL_BYTES:
+            self.tail = data[-TAIL_BYTES:]
+        else:
+            self.tail = (self.tail + data)[-TAIL_BYTES:]
         if len(self.head) < HEAD_BYTES:
             self.head = (self.head + data)[:HEAD_BYTES]
 
@@ -234,12 +243,14 @@ def _read_appended(
     if not _explained_by(record, st) and _platform.pread(fd, len(state.head), 0) != state.head:
         return False
     data = data[known:]
-    scanner = Scanner(io.BytesIO(data), state.size, state.lines)
     column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
-    _take_records(scanner.records(), len(state.header.columns), state.paths, column)
-    state.size = scanner.offset
-    state.lines = scanner.line
-    state.ends_clean = scanner.last_eol != ""
+    size, lines, eol = _check_rows(
+        io.BytesIO(data), state.size, state.lines, len(state.header.columns), state.paths, column,
+        "\n",
+    )
+    state.size = size
+    state.lines = lines
+    state.ends_clean = eol != ""
     state.mtime_ns = st.st_mtime_ns
     state._note_bytes(data)
     return True
@@ -264,36 +275,62 @@ def _load(fd: int, st: os.stat_result, paths_column: str | None) -> IndexState:
     paths = PathOffsets() if paths_column is not None else None
     column = columns.index(paths_column) if paths_column in columns else None
     if n:
-        # Check the plain rows in bulk (and map their paths if asked).
         records.close()
         f.seek(scanner.offset)
-        each = None
-        if paths is not None and column is not None:
-            mapped, at = paths, column
-
-            def each(block: bytes, offset: int) -> None:
-                mapped.add_plain_lines(block, offset, at)
-
-        offset, line, eol = skim(f, scanner.offset, scanner.line, n, each)
-        if offset == scanner.offset:
-            eol = scanner.last_eol  # nothing skimmed: still after the header
-        scanner = Scanner(f, offset, line)
-        scanner.last_eol, scanner.consumed_any = eol, True
-        records = scanner.records()
-    _take_records(records, n, paths, column)
-    size = scanner.offset
+        size, lines, eol = _check_rows(
+            f, scanner.offset, scanner.line, n, paths, column, scanner.last_eol
+        )
+        ends_clean = eol != "" or not scanner.consumed_any
+    else:
+        _take_records(records, n, paths, column)
+        size, lines = scanner.offset, scanner.line
+        ends_clean = scanner.last_eol != "" or not scanner.consumed_any
     head, tail = head_and_tail(fd, size)
     return IndexState(
         st,
         header,
         size=size,
-        lines=scanner.line,
-        ends_clean=scanner.last_eol != "" or not scanner.consumed_any,
+        lines=lines,
+        ends_clean=ends_clean,
         head=head,
         tail=tail,
         paths_column=paths_column,
         paths=paths,
     )
+
+
+def _check_rows(
+    stream: BinaryIO,
+    offset: int,
+    line: int,
+    ncols: int,
+    paths: PathOffsets | None,
+    column: int | None,
+    eol: str,
+) -> tuple[int, int, str]:
+    """Check the records from ``stream`` (at ``offset``, after ``line`` lines) to its end.
+
+    Plain rows are checked in bulk (:func:`._table.skim`, C speed), the rest
+    parsed; their paths are mapped if asked. ``eol`` ends the line before
+    ``offset``. Returns the end's offset and line count, and the last line's
+    terminator ("" if it has none).
+    """
+    each = None
+    if paths is not None and column is not None:
+        mapped, at = paths, column
+
+        def each(block: bytes, start: int) -> None:
+            mapped.add_plain_lines(block, start, at)
+
+    start = offset
+    offset, line, skimmed_eol = skim(stream, offset, line, ncols, each)
+    if offset > start:
+        eol = skimmed_eol
+    scanner = Scanner(stream, offset, line)
+    _take_records(scanner.records(), ncols, paths, column)
+    if scanner.consumed_any:
+        eol = scanner.last_eol
+    return scanner.offset, scanner.line, eol
 
 
 def _take_records(
@@ -364,8 +401,8 @@ def _move_aside(fd: int, start: int, size: int, index: str) -> None:
     )
 
 
-def stored_equals(fd: int, state: IndexState, offset: int, row: Row) -> bool:
-    """Whether the row stored at ``offset`` already holds exactly ``row``."""
+def stored_row(fd: int, state: IndexState, offset: int) -> list[str]:
+    """The fields of the row stored at ``offset`` of the index open as ``fd``."""
     want = 4096
     while True:
         data = _platform.pread(fd, want, offset)
@@ -374,16 +411,13 @@ def stored_equals(fd: int, state: IndexState, offset: int, row: Row) -> bool:
             scanner = Scanner(io.BytesIO(data), offset, 0)
             rec = next(scanner.records(), None)
             if rec is not None and (scanner.last_eol or complete):
-                break
+                return rec[2]
         except TableError:
             if complete:
                 raise
+        if complete:
+            return []
         want *= 4
-    assert rec is not None
-    fields = rec[2]
-    columns = state.header.columns
-    fields += [""] * (len(columns) - len(fields))
-    return fields == [row.get(c, "") for c in columns]
 
 
 def iter_rows(fd: int, end: int) -> tuple[list[str], Iterator[dict[str, str]]]:
@@ -421,4 +455,6 @@ def _rows(
 
 def count_lines(text: str) -> int:
     """Physical lines in ``text`` as a ``newline=""`` stream splits them: CR LF, LF, CR."""
+    if "\r" not in text:
+        return text.count("\n")
     return text.count("\n") + text.count("\r") - text.count("\r\n")

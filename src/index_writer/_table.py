@@ -474,7 +474,8 @@ def skim(
     Parameters
     ----------
     stream : BinaryIO
-        Seekable binary stream positioned at ``offset``, the start of a record.
+        Seekable binary stream positioned at the start of a record, which is
+        at byte ``offset`` of the file (the stream may hold only part of it).
     offset, line : int
         The byte offset and the number of physical lines before it.
     ncols : int
@@ -492,6 +493,7 @@ def skim(
     """
     last_eol = ""
     carry = b""
+    start, pos = offset, stream.tell()  # the stream's positions need not be file offsets
     while True:
         block = stream.read(_SKIM_BLOCK)
         data = carry + block
@@ -514,5 +516,5 @@ def skim(
         offset += cut
         line += whole.count(b"\n")
         last_eol = "\r\n" if whole.endswith(b"\r\n") else "\n"
-    stream.seek(offset)
+    stream.seek(pos + offset - start)
     return offset, line, last_eol

@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import _commit, _handles, _state
+from . import _commit, _files, _handles, _state
 from ._errors import IndexLockTimeoutError, IndexReadError, IndexWriteError
 from ._lock import LockTimeout, Session, run_locked
-from ._plan import Append, plan
+from ._plan import Append, guess_append, plan
 from ._rows import Row, as_path_str, prepare
 
-__all__ = ["IndexWriter", "replace_contents"]
+__all__ = ["IndexWriter", "copy_snapshot", "replace_contents"]
 
 logger = logging.getLogger(__name__)
 
@@ -301,13 +301,18 @@ class IndexWriter:
         ['0', '1', '0']
         """
         rows = prepare(entries, filepath_column)
-        if rows:
-            self._run(
-                True,
-                lambda s, phase: self._write(
-                    s, phase, rows, filepath_column, replace_existing, merge_columns
-                ),
-            )
+        if not rows:
+            return
+        # Format the rows now, for the header known now: the lock is then held
+        # only for the system calls, unless the header changed meanwhile.
+        known = _handles.known_state(self._index)
+        guess = guess_append(known, rows) if known is not None else None
+        self._run(
+            True,
+            lambda s, phase: self._write(
+                s, phase, rows, filepath_column, replace_existing, merge_columns, guess
+            ),
+        )
 
     def read_rows(self) -> list[dict[str, str]]:
         """Return every row of the index, as a consistent snapshot.
@@ -353,6 +358,7 @@ class IndexWriter:
         filepath_column: str,
         replace_existing: bool,
         merge_columns: bool,
+        guess: Append | None,
     ) -> None:
         assert s is not None and s.journal is not None
         committed = False
@@ -365,8 +371,9 @@ class IndexWriter:
                 filepath_column,
                 replace_existing=replace_existing,
                 merge_columns=merge_columns,
-                is_stored=lambda offset, row: _state.stored_equals(s.fd, state, offset, row),
+                stored_row=lambda offset: _state.stored_row(s.fd, state, offset),
                 index_path=self.index_path,
+                guess=guess,
             )
             phase.reading = False
             try:
@@ -430,14 +437,18 @@ def _read_all(s: Session | None, phase: _Phase) -> list[dict[str, str]]:
     return list(rows)
 
 
-def replace_contents(writer: IndexWriter, transform: Callable[[bytes], bytes | None]) -> bool:
+def replace_contents(
+    writer: IndexWriter, produce: Callable[[int, int], Iterable[bytes] | None]
+) -> bool:
     """Rewrite a writer's whole index under its lock, atomically (for maintenance).
 
-    ``transform`` gets the file's bytes and returns the new bytes, or None to
-    leave the file alone; it runs under the lock after crash recovery, so no
-    writer changes the file in between. The new file replaces the old one
-    as every rewrite does (temporary file, same permission bits and owner,
-    ``os.replace``, journaled, fsynced if the writer is ``durable``).
+    ``produce(fd, size)`` reads the index (open as ``fd``, ``size`` bytes,
+    with ``os.pread``) and returns the new file's bytes as an iterable of
+    chunks, written to the new file as they come, or None to leave the file
+    alone. It runs under the lock after crash recovery, so no writer changes
+    the file in between. The new file replaces the old one as every rewrite
+    does (temporary file, same permission bits and owner, ``os.replace``,
+    journaled, fsynced if the writer is ``durable``).
 
     Returns
     -------
@@ -464,13 +475,43 @@ def replace_contents(writer: IndexWriter, transform: Callable[[bytes], bytes | N
         _state.recover(s)
         phase.reading = False
         _refuse_hard_links(s)
-        replaced = _commit.replace_contents(
-            s.fd, s.st.st_size, s.journal, s.path, transform, writer.durable
-        )
-        s.slot.state = None
-        return replaced
+        try:
+            return _commit.replace_contents(
+                s.fd, s.st.st_size, s.journal, s.path, produce, writer.durable
+            )
+        finally:
+            s.slot.state = None
 
     return writer._run(True, step) if os.path.lexists(writer._index) else step(None, _Phase(True))
+
+
+def copy_snapshot(writer: IndexWriter, out: int) -> bool:
+    """Copy a consistent snapshot of a writer's index to the open file ``out``.
+
+    The bytes are copied under the shared lock, as :meth:`IndexWriter.read_rows`
+    reads them (an append a crash cut short is left out); the lock is held
+    only for the copy, so a slow consumer of the copy never holds up
+    writers. Returns False (copying nothing) if the index does not exist.
+
+    Raises
+    ------
+    IndexReadError, IndexLockTimeoutError
+        As for :meth:`IndexWriter.read_rows`.
+    """
+
+    def step(s: Session | None, phase: _Phase) -> bool:
+        if s is None:
+            return False
+        offset = 0
+        while offset < s.end:
+            chunk = _files.pread_all(s.fd, min(1 << 20, s.end - offset), offset)
+            if not chunk:
+                break
+            _files.write_all(out, chunk)
+            offset += len(chunk)
+        return True
+
+    return writer._run(False, step)
 
 
 def _check_timeout(timeout: object) -> float | None:

@@ -13,6 +13,9 @@ Subcommands, one module each (its ``register(subparsers)`` next to its
 ``check``
     Inspect an index without changing it; ``--dedupe`` keeps the last row of
     each path.
+``doctor``
+    Check whether writers may share an index in a directory (its mount, live
+    lock probes, and with ``--hosts N`` a check across hosts).
 
 Exit status: 0 on success, 1 when the command failed or found problems (one
 line on stderr names the file and the cause), 2 for bad arguments (with the
@@ -34,7 +37,7 @@ import sys
 from collections.abc import Callable
 
 from .. import IndexWriterError, __version__
-from . import add, check, demo, show
+from . import add, check, demo, doctor, show
 from .common import PROG, CliError, UsageError, say, stderr
 
 __all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (demo, add, show, check):
+    for command in (demo, add, show, check, doctor):
         command.register(subparsers)
     return parser
 

@@ -50,6 +50,23 @@ def timeout(text: str) -> float | None:
     return None if value >= FOREVER else value
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0.
+
+    Examples
+    --------
+    >>> seconds("2.5"), seconds("0")
+    (2.5, 0.0)
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text!r}")
+    return value
+
+
 def add_timeout_option(parser: argparse.ArgumentParser, what: str) -> None:
     """Add ``--timeout S`` to ``parser``; ``what`` says what gives up after S seconds."""
     parser.add_argument(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, TextIO
 
 from .._table import format_row
@@ -61,12 +61,18 @@ def cell(value: str, limit: int = TABLE_CELL_MAX) -> str:
     return "".join(out) + "..."
 
 
-def table_lines(columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Iterator[str]:
+Rows = Callable[[], Iterable[dict[str, str]]]
+"""A way to read the rows (again): each call gives a new iterator over all of them."""
+
+
+def table_lines(columns: Sequence[str], rows: Rows) -> Iterator[str]:
     """The lines of an aligned table: header, rule, one line per row, row count.
+
+    Two passes over the rows (widths first), so only one row is held at a time.
 
     Examples
     --------
-    >>> for line in table_lines(["path", "k"], [{"path": "a.nii", "k": "1"}]):
+    >>> for line in table_lines(["path", "k"], lambda: [{"path": "a.nii", "k": "1"}]):
     ...     print(line)
     path   k
     -----  -
@@ -74,11 +80,12 @@ def table_lines(columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Itera
     (1 row)
     """
     head = [cell(c) for c in columns]
-    body = [[cell(row[c]) for c in columns] for row in rows]
     widths = [display_width(h) for h in head]
-    for cells in body:
-        for i, text in enumerate(cells):
-            widths[i] = max(widths[i], display_width(text))
+    count = 0
+    for row in rows():
+        count += 1
+        for i, c in enumerate(columns):
+            widths[i] = max(widths[i], display_width(cell(row[c])))
 
     def line(cells: list[str]) -> str:
         padded = [c + " " * (w - display_width(c)) for c, w in zip(cells, widths, strict=True)]
@@ -86,24 +93,43 @@ def table_lines(columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Itera
 
     yield line(head)
     yield "  ".join("-" * w for w in widths)
-    for cells in body:
-        yield line(cells)
-    yield f"({len(rows)} row{'s' if len(rows) != 1 else ''})"
+    for row in rows():
+        yield line([cell(row[c]) for c in columns])
+    yield f"({count} row{'s' if count != 1 else ''})"
 
 
-def write_table(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
-    """Print ``rows`` as an aligned table."""
+def write_table(out: TextIO, columns: Sequence[str], rows: Rows) -> None:
+    """Print the rows as an aligned table."""
     for text in table_lines(columns, rows):
         out.write(text + "\n")
 
 
-def write_json(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
-    """Print ``rows`` as a JSON list of objects holding ``columns``."""
-    json.dump([{c: row[c] for c in columns} for row in rows], out, ensure_ascii=False, indent=2)
-    out.write("\n")
+def write_json(out: TextIO, columns: Sequence[str], rows: Rows) -> None:
+    """Print the rows as a JSON list of objects holding ``columns``, one row at a time.
+
+    The same text as ``json.dump(rows, indent=2, ensure_ascii=False)``.
+
+    Examples
+    --------
+    >>> import io
+    >>> buf = io.StringIO()
+    >>> write_json(buf, ["path"], lambda: [{"path": "a", "v": "1"}])
+    >>> print(buf.getvalue(), end="")
+    [
+      {
+        "path": "a"
+      }
+    ]
+    """
+    sep = "[\n"
+    for row in rows():
+        text = json.dumps({c: row[c] for c in columns}, ensure_ascii=False, indent=2)
+        out.write(sep + "  " + text.replace("\n", "\n  "))
+        sep = ",\n"
+    out.write("[]\n" if sep == "[\n" else "\n]\n")
 
 
-def csv_records(columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Iterator[str]:
+def csv_records(columns: Sequence[str], rows: Iterable[dict[str, str]]) -> Iterator[str]:
     """The CSV records of ``rows`` (header first), as the index format writes them.
 
     Every value reads back exactly: fields holding a comma, a quote, CR or LF
@@ -123,19 +149,19 @@ def csv_records(columns: Sequence[str], rows: Sequence[dict[str, str]]) -> Itera
         yield format_row([row[c] for c in columns], "\n")
 
 
-def write_csv(out: TextIO, columns: Sequence[str], rows: Sequence[dict[str, str]]) -> None:
-    """Print ``rows`` as CSV: UTF-8, LF line ends, exact for every value.
+def write_csv(out: TextIO, columns: Sequence[str], rows: Rows) -> None:
+    """Print the rows as CSV: UTF-8, LF line ends, exact for every value.
 
     The bytes go to the stream's binary buffer when it has one, so no
     newline translation (CR LF on Windows) changes the values.
     """
     raw: BinaryIO | None = getattr(out, "buffer", None)
     if raw is None:
-        out.writelines(csv_records(columns, rows))
+        out.writelines(csv_records(columns, rows()))
         return
     out.flush()
     chunk: list[str] = []
-    for record in csv_records(columns, rows):
+    for record in csv_records(columns, rows()):
         chunk.append(record)
         if len(chunk) >= 1024:
             raw.write("".join(chunk).encode("utf-8"))

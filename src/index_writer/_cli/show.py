@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .._check import index_columns
-from .._writer import IndexWriter
+from .._errors import IndexReadError
+from .._state import iter_rows
+from .._writer import IndexWriter, copy_snapshot
 from .arguments import add_timeout_option, column_list
 from .common import CliError, require_file, stdout
 from .output import TABLE_CELL_MAX, write_csv, write_json, write_table
@@ -56,19 +61,38 @@ def _header(index: Path) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the index; exit status 0."""
+    """Print the index; exit status 0.
+
+    The snapshot is copied (under the lock, which is held only for the copy)
+    to a temporary file, checked, and printed from there one row at a time,
+    so memory stays bounded by the largest row and a slow reader of the
+    output (a pager) never holds up writers.
+    """
     index = Path(args.index)
     columns = _header(index)
-    rows = IndexWriter(index, timeout=args.timeout).read_rows()
-    if rows:
-        columns = list(rows[0])
-    if args.columns:
-        unknown = [c for c in args.columns if c not in columns]
-        if unknown:
-            have = ", ".join(columns) if columns else "none"
-            raise CliError(f"{index}: no column {', '.join(map(repr, unknown))} (columns: {have})")
-        columns = args.columns
-    out = stdout()
-    _WRITERS[args.format](out, columns, rows)
-    out.flush()
+    with tempfile.TemporaryFile(prefix="index-writer-show-") as copy:
+        copy_snapshot(IndexWriter(index, timeout=args.timeout), copy.fileno())
+        size = os.fstat(copy.fileno()).st_size
+
+        def rows() -> Iterator[dict[str, str]]:
+            return iter_rows(copy.fileno(), size)[1]
+
+        try:  # a first pass checks it all: nothing is printed of a malformed index
+            found, check = iter_rows(copy.fileno(), size)
+            for _ in check:
+                pass
+        except csv.Error as e:
+            raise IndexReadError(index, e) from e
+        columns = found or columns
+        if args.columns:
+            unknown = [c for c in args.columns if c not in columns]
+            if unknown:
+                have = ", ".join(columns) if columns else "none"
+                raise CliError(
+                    f"{index}: no column {', '.join(map(repr, unknown))} (columns: {have})"
+                )
+            columns = args.columns
+        out = stdout()
+        _WRITERS[args.format](out, columns, rows)
+        out.flush()
     return 0
