@@ -16,19 +16,22 @@ Three implementations, measured in one run, interleaved, medians over repeats:
 
 Workloads:
 
-a. sequential ``write_entry(..., replace_existing=True)`` with the seed's four
+a. sequential ``write_entry(..., replace_existing=True)`` with the demo's four
    context fields into indexes of 1k, 10k, 100k and 1M existing rows (the
    original stops where its time budget runs out);
 b. ``write_entries`` of 200k rows into a new index;
 c. peak RSS of a fresh process appending one row to a 1M-row index (a plain
    append, and the first ``replace_existing=True`` write, which maps paths);
-d. the seed's demo: joblib ``Parallel(n_jobs=12)``, a new writer and one
-   ``write_entry`` per task, against the same pool running no-op tasks and
-   against the original.
+d. the many-workers demo (med-imagetools' example): joblib
+   ``Parallel(n_jobs=12)``, a new writer and one ``write_entry`` per task,
+   against the same pool running no-op tasks and against the original.
 
-It prints a markdown table and the targets (PASS/FAIL); with ``--out DIR`` it
-also writes ``DIR/benchmarks.md`` and the log-log plot ``DIR/benchmark.png``.
-``--quick`` uses smaller sizes and finishes in well under a minute.
+It prints a summary, the main tables and the checks (``report.py``); with
+``--out DIR`` it also writes every figure and the machine facts to
+``DIR/benchmarks.json`` and draws ``DIR/benchmark.png`` from it, and when DIR is
+this repository's docs/, it rewrites the generated sections of README.md and
+docs/ from that JSON (``report.py --write``). ``--quick`` uses smaller sizes
+and finishes in well under a minute.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,9 @@ from index_writer import IndexWriter
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 import _original  # noqa: E402
+import report  # noqa: E402
 
 COLUMNS = ("path", "subject_id", "modality", "timestamp", "quality_score")
 MODALITIES = ("CT", "MR", "SEG")
@@ -123,14 +128,6 @@ QUICK = Config(
     demo_large=1000,
     demo_large_repeats=1,
 )
-
-# Targets from issue 2 ("Speed").
-TARGET_FLOOR_FRACTION = 0.50
-TARGET_FLAT_FRACTION = 0.66
-TARGET_BATCH_RATE = 200_000
-TARGET_RSS_MB = 300
-TARGET_DEMO_VS_NOOP = 1.5
-TARGET_DEMO_VS_ORIGINAL = 30.0
 
 # ------------------------------------------------------------------ data
 
@@ -538,7 +535,8 @@ def bench_demo(cfg: Config, work: Path, res: Results, src: str | None) -> None:
 # ------------------------------------------------------------- reporting
 
 
-def machine_facts() -> dict[str, str]:
+def machine_facts() -> dict[str, Any]:
+    """The machine, the software and the load, for the JSON's ``machine``."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
@@ -557,16 +555,19 @@ def machine_facts() -> dict[str, str]:
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {
-        "Cores (nproc)": str(usable),
-        "CPU": cpu,
-        "Python": platform.python_version() + f" ({platform.python_implementation()})",
-        "OS": f"{platform.system()} {platform.release()}",
+        "cores": usable,
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "os": f"{platform.system()} {platform.release()}",
         "fasteners": importlib.metadata.version("fasteners"),
         "joblib": _version("joblib"),
-        "index-writer": f"{_version('index-writer')} (git {commit})",
+        "index_writer": _version("index-writer"),
+        "git": commit,
         "original": f"med-imagetools {_original.VERSION}",
-        "Load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "Date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "load_start": [round(x, 2) for x in os.getloadavg()],
+        "load_end": [],
+        "date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     }
 
 
@@ -577,303 +578,68 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def fmt_ms(seconds: float) -> str:
-    ms = seconds * 1e3
-    return f"{ms:.3g}" if ms < 1000 else f"{ms:,.0f}"
-
-
-def fmt_ratio(r: float | None) -> str:
-    if r is None:
-        return "—"
-    if r >= 100:
-        return f"{r:,.0f}×"
-    if r >= 10:
-        return f"{r:.1f}×"
-    if r >= 0.01:
-        return f"{r:.2f}×"
-    return f"{r:.2g}×"
-
-
-def fmt_range(s: Sample) -> str:
+def _time(s: Sample) -> dict[str, Any]:
+    """A Sample as the JSON's ``time``: seconds per entry."""
     lo, hi = s.spread
-    return f"{fmt_ms(lo)}–{fmt_ms(hi)}" if len(s.seconds_per_entry) > 1 else "—"
+    return {
+        "median": s.median, "min": lo, "max": hi, "runs": len(s.seconds_per_entry),
+        "entries": s.entries, "all": list(s.seconds_per_entry),
+    }  # fmt: skip
 
 
-def build_table(cfg: Config, res: Results) -> list[list[str]]:
-    """Rows of the main table. Ratios are rates: this ÷ that (> 1: this is faster)."""
-    rows: list[list[str]] = []
-
-    def add(what: str, impl: str, nrows: str, s: Sample, orig: Sample | None,
-            floor: Sample | None) -> None:
-        med = s.median
-        rows.append([
-            what, impl, nrows, fmt_ms(med), f"{1 / med:,.0f}",
-            fmt_ratio(orig.median / med if orig else None),
-            fmt_ratio(floor.median / med if floor else None),
-            f"{len(s.seconds_per_entry)} × {s.entries:,}", fmt_range(s),
-        ])
-
-    what = "write_entry(replace_existing=True), sequential"
-    for size in cfg.sizes:
-        orig = res.seq.get(("original", size))
-        floor = res.seq.get(("floor", size))
-        for impl in ("index-writer", "original", "floor"):
-            s = res.seq.get((impl, size))
-            if s is not None:
-                add(what, impl, f"{size:,}", s, orig, floor)
-            elif impl == "original":
-                rows.append([what, impl, f"{size:,}", "not run", "—", "—", "—", "—", "—"])
-    for size in cfg.sizes:
-        s = res.first_write.get(size)
-        if s is not None:
-            add("first replace_existing write (maps paths)", "index-writer",
-                f"{size:,}", s, None, None)
-    floor = res.batch.get("floor")
-    for impl in ("index-writer", "floor"):
-        s = res.batch.get(impl)
-        if s is not None:
-            add(f"write_entries of {cfg.batch_rows:,} rows (new index)", impl,
-                f"0 → {cfg.batch_rows:,}", s, None, floor)
-    for entries in (cfg.demo_small, cfg.demo_large):
-        orig = res.demo.get(("original", entries))
-        noop = res.demo.get(("noop", entries))
-        for impl in ("index-writer", "original", "noop"):
-            s = res.demo.get((impl, entries))
-            if s is None:
-                continue
-            label = "floor: no-op tasks" if impl == "noop" else impl
-            add(f"seed demo: {cfg.workers} joblib workers, new writer per task "
-                "(whole run)", label, f"0 → {entries:,}", s, orig, noop)
-    return rows
-
-
-HEADER = ["What", "Implementation", "Index rows", "ms/entry (median)", "entries/s",
-          "vs original", "vs floor", "runs × entries", "ms/entry min–max"]
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    right = {i for i, h in enumerate(header) if i >= 2}
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def rss_table(cfg: Config, res: Results) -> str:
-    rows = []
-    labels = {
-        "index-writer append": "index-writer: plain write_entry (append)",
-        "index-writer replace": "index-writer: first write_entry(replace_existing=True)",
-        "original append": "original: one write_entry",
+def results_json(
+    cfg: Config, res: Results, facts: dict[str, Any], command: str, quick: bool, elapsed: float
+) -> dict[str, Any]:
+    """Every figure of the run, in the format ``report.py`` reads (see its docstring)."""
+    return {
+        "format": report.FORMAT,
+        "run": {"command": command, "quick": quick, "minutes": round(elapsed / 60, 2)},
+        "machine": facts,
+        "settings": {
+            "sizes": list(cfg.sizes),
+            "writes": cfg.writes,
+            "repeats": cfg.repeats,
+            "batch_rows": cfg.batch_rows,
+            "rss_rows": cfg.rss_rows,
+            "workers": cfg.workers,
+            "demo_entries": [cfg.demo_small, cfg.demo_large],
+            "original_size_budget_s": cfg.original_size_budget,
+        },
+        "sequential": [
+            {"implementation": impl, "rows": size, "time": _time(s)}
+            for (impl, size), s in sorted(res.seq.items(), key=lambda kv: kv[0][1])
+        ],
+        "original_stopped": res.original_stopped,
+        "original_error": res.original_error,
+        "first_replace": [
+            {"rows": size, "time": _time(s)} for size, s in sorted(res.first_write.items())
+        ],
+        "batch": [
+            {"implementation": impl, "rows": cfg.batch_rows, "time": _time(s)}
+            for impl, s in res.batch.items()
+        ],
+        "memory": [
+            {
+                "implementation": key.split()[0],
+                "write": key.split()[1],
+                "rows": cfg.rss_rows,
+                "peak_mb": info["peak_mb"],
+                "after_imports_mb": info["base_mb"],
+                "seconds": info["seconds"],
+            }
+            for key, info in res.rss.items()
+            if "error" not in info
+        ],
+        "demo": [
+            {
+                "implementation": "no-op" if impl == "noop" else impl,
+                "entries": entries,
+                "time": _time(s),
+                "checked": [list(rc) for rc in res.demo_rows.get((impl, entries), [])],
+            }
+            for (impl, entries), s in res.demo.items()
+        ],
     }
-    for key, info in res.rss.items():
-        if "error" in info:
-            rows.append([labels.get(key, key), f"{cfg.rss_rows:,}", "failed", "—", "—"])
-            continue
-        rows.append([
-            labels.get(key, key), f"{cfg.rss_rows:,}", f"{info['peak_mb']:.0f}",
-            f"{info['base_mb']:.0f}", f"{info['seconds']:.2f}",
-        ])
-    return markdown_table(
-        ["Fresh process, one write", "Index rows", "peak RSS (MB)",
-         "RSS after imports (MB)", "seconds"], rows
-    )
-
-
-def check_targets(cfg: Config, res: Results) -> list[tuple[str, str, str]]:
-    """(target, measured, PASS/FAIL/SKIP) for each target of issue 2."""
-    out: list[tuple[str, str, str]] = []
-
-    def verdict(ok: bool | None, applies: bool = True) -> str:
-        if ok is None:
-            return "SKIP"
-        if not applies:  # --quick: smaller than the size the target is set at
-            return "info (quick: " + ("would pass" if ok else "would fail") + ")"
-        return "PASS" if ok else "FAIL"
-
-    fracs = []
-    for size in cfg.sizes:
-        ours, floor = res.seq.get(("index-writer", size)), res.seq.get(("floor", size))
-        if ours and floor:
-            fracs.append((size, floor.median / ours.median))
-    for size, frac in fracs:
-        out.append((
-            f"sequential replace_existing writes at {size:,} rows ≥ "
-            f"{TARGET_FLOOR_FRACTION:.0%} of the floor's rate",
-            f"{frac:.0%} of the floor",
-            verdict(frac >= TARGET_FLOOR_FRACTION),
-        ))
-    base = res.seq.get(("index-writer", cfg.sizes[0]))
-    for size in cfg.sizes[1:]:
-        s = res.seq.get(("index-writer", size))
-        if base and s:
-            frac = base.median / s.median
-            target = size == 100_000
-            out.append((
-                f"rate at {size:,} rows ≥ {TARGET_FLAT_FRACTION:.0%} of the rate at "
-                f"{cfg.sizes[0]:,}" + ("" if target else " (informative)"),
-                f"{frac:.0%}",
-                verdict(frac >= TARGET_FLAT_FRACTION) if target else "info",
-            ))
-    b = res.batch.get("index-writer")
-    if b:
-        rate = 1 / b.median
-        out.append((f"write_entries ≥ {TARGET_BATCH_RATE:,} rows/s",
-                    f"{rate:,.0f} rows/s", verdict(rate >= TARGET_BATCH_RATE)))
-    for key, label in (("index-writer append", "plain append"),
-                       ("index-writer replace", "first replace_existing write")):
-        info = res.rss.get(key)
-        if info is not None:
-            ok = None if "error" in info else info["peak_mb"] <= TARGET_RSS_MB
-            out.append((
-                f"peak RSS of a process: {label} to a {cfg.rss_rows:,}-row index ≤ "
-                f"{TARGET_RSS_MB} MB",
-                "failed" if ok is None else f"{info['peak_mb']:.0f} MB",
-                verdict(ok, cfg.rss_rows >= 1_000_000),
-            ))
-    ours = res.demo.get(("index-writer", cfg.demo_small))
-    noop = res.demo.get(("noop", cfg.demo_small))
-    if ours and noop:
-        r = ours.median / noop.median
-        out.append((
-            f"demo {cfg.workers} workers × {cfg.demo_small:,}: whole run ≤ "
-            f"{TARGET_DEMO_VS_NOOP}× the no-op pool",
-            f"{r:.2f}× ({ours.median * cfg.demo_small:.2f} s vs "
-            f"{noop.median * cfg.demo_small:.2f} s)",
-            verdict(r <= TARGET_DEMO_VS_NOOP, cfg.demo_small == 1000),
-        ))
-    orig = res.demo.get(("original", cfg.demo_small))
-    if ours and orig:
-        out.append((
-            f"demo × {cfg.demo_small:,}: faster than the original (informative)",
-            f"{orig.median / ours.median:.1f}×", "info",
-        ))
-    ours = res.demo.get(("index-writer", cfg.demo_large))
-    orig = res.demo.get(("original", cfg.demo_large))
-    noop = res.demo.get(("noop", cfg.demo_large))
-    if noop and orig:
-        out.append((
-            f"demo × {cfg.demo_large:,}: the no-op pool vs the original, the ceiling for "
-            "any writer in this pool (informative)",
-            f"{orig.median / noop.median:.1f}× ({noop.median * cfg.demo_large:.2f} s)",
-            "info",
-        ))
-    if ours and noop:
-        out.append((
-            f"demo × {cfg.demo_large:,}: whole run vs the no-op pool (informative)",
-            f"{ours.median / noop.median:.2f}×", "info",
-        ))
-    if ours:
-        r = orig.median / ours.median if orig else None
-        out.append((
-            f"demo {cfg.workers} workers × {cfg.demo_large:,}: ≥ "
-            f"{TARGET_DEMO_VS_ORIGINAL:g}× faster than the original",
-            f"{r:.1f}× ({ours.median * cfg.demo_large:.2f} s vs "
-            f"{orig.median * cfg.demo_large:.2f} s)" if orig and r else "original not run",
-            verdict(r >= TARGET_DEMO_VS_ORIGINAL if r else None, cfg.demo_large == 5000),
-        ))
-    return out
-
-
-def plot(cfg: Config, res: Results, out: Path, facts: dict[str, str]) -> str:
-    try:
-        import matplotlib
-    except ImportError:
-        return "matplotlib is not installed: no plot (pip install '.[bench]')"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
-    styles = {
-        "original": ("tab:red", "s", "original (med-imagetools 2.16.0)"),
-        "index-writer": ("tab:blue", "o", "index-writer"),
-        "floor": ("tab:gray", "^", "floor: fasteners lock + one os.write"),
-    }
-    for impl, (color, marker, label) in styles.items():
-        pts = [(size, res.seq[(impl, size)]) for size in cfg.sizes if (impl, size) in res.seq]
-        if not pts:
-            continue
-        xs = [p[0] for p in pts]
-        ys = [p[1].median * 1e3 for p in pts]
-        lo = [y - p[1].spread[0] * 1e3 for y, p in zip(ys, pts, strict=True)]
-        hi = [p[1].spread[1] * 1e3 - y for y, p in zip(ys, pts, strict=True)]
-        ax.errorbar(xs, ys, yerr=[lo, hi], color=color, marker=marker, label=label,
-                    capsize=3, linewidth=1.5)
-    info = res.rss.get("original append")
-    if info and "error" not in info:
-        ax.plot([cfg.rss_rows], [info["seconds"] * 1e3], linestyle="none", marker="s",
-                markerfacecolor="none", color="tab:red",
-                label=f"original: one write at {cfg.rss_rows:,} rows (fresh process)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("rows already in the index")
-    ax.set_ylabel("ms per write_entry (median; bars: min–max)")
-    ax.set_title("Sequential write_entry(replace_existing=True), 4 context fields")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.text(0.99, 0.01,
-             f"{facts['Cores (nproc)']} cores, {facts['CPU']}, Python "
-             f"{facts['Python'].split()[0]}, {facts['Date']}",
-             ha="right", va="bottom", fontsize=7, color="0.4")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = out / "benchmark.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return f"plot written to {path}"
-
-
-def report(cfg: Config, res: Results, facts: dict[str, str], command: str, quick: bool,
-           elapsed: float) -> tuple[str, list[tuple[str, str, str]]]:
-    table = markdown_table(HEADER, build_table(cfg, res))
-    targets = check_targets(cfg, res)
-    lines = [
-        "# Benchmarks" + (" (quick mode: small sizes, smoke test only)" if quick else ""),
-        "",
-        "index-writer side by side with the original `imgtools` IndexWriter "
-        f"(med-imagetools {_original.VERSION}, downloaded at run time) and the bare "
-        "floor (a `fasteners.InterProcessLock` around one `os.write` append per entry).",
-        "",
-        "Made by:",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
-        f"It ran for {elapsed / 60:.1f} minutes on:",
-        "",
-    ]
-    lines += [f"- {k}: {v}" for k, v in facts.items()]
-    lines += [
-        "",
-        "The machine is shared with other jobs, so absolute numbers are noisy; the "
-        "implementations run interleaved in one process and the table quotes medians "
-        "over the repeats (the last column gives the spread). *vs original* and *vs floor* "
-        "are rates: this row's entries/s divided by the other's (above 1: this row is "
-        "faster). For the demo, the floor is the same joblib pool running no-op tasks, "
-        "and each run starts a fresh pool, as the seed's script does.",
-        "",
-        table,
-        "",
-    ]
-    if res.original_stopped:
-        lines += [f"Where the original was stopped: {res.original_stopped}.", ""]
-    if res.original_error:
-        lines += [f"The original could not be run: {res.original_error}", ""]
-    kept = [
-        f"{impl} × {n:,}: " + ", ".join(f"{r:,} rows/{d:,} distinct" for r, d in v)
-        for (impl, n), v in res.demo_rows.items()
-    ]
-    if kept:
-        lines += ["Demo indexes checked after each run: " + "; ".join(kept) + ".", ""]
-    lines += ["## Peak memory", "", rss_table(cfg, res), "",
-              "Each row is a new Python process making one write to its own copy of the "
-              "index; *seconds* is that whole first write. A process's first write reads "
-              "and checks the whole index once (later writes only read what other "
-              "writers appended), so it grows with the index even for a plain append.", ""]
-    lines += ["## Targets (issue 2, \"Speed\")", "",
-              markdown_table(["Target", "Measured", "Result"], targets), ""]
-    lines += ["![ms per entry against index rows](benchmark.png)", ""]
-    return "\n".join(lines), targets
 
 
 # ------------------------------------------------------------------- main
@@ -916,17 +682,23 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    facts["Load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    facts["load_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    text, targets = report(cfg, res, facts, command, args.quick, elapsed)
-    print(text)
+    data = results_json(cfg, res, facts, command, args.quick, elapsed)
+    print(report.text_report(data))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "benchmarks.md").write_text(text, encoding="utf-8")
-        print(f"\nwrote {args.out / 'benchmarks.md'}")
-        print(plot(cfg, res, args.out, facts))
-    failed = [t for t in targets if t[2] == "FAIL"]
-    print(f"\n{len(failed)} target(s) failed" if failed else "\nall targets met")
+        path = args.out / "benchmarks.json"
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"\nwrote {path}")
+        print(report.plot(data, args.out / report.PLOT))
+        if args.out.resolve() == report.DOCS:
+            changed = report.write_pages(data)
+            print("updated: " + (", ".join(p.name for p in changed) or "nothing"))
+        else:
+            print(f"to update the pages: python benchmarks/report.py {path} --write")
+    failed = [c for c in report.checks(data) if c[2] == "FAIL"]
+    print(f"\n{len(failed)} check(s) failed" if failed else "\nall checks passed")
     return 0
 
 

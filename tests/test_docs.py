@@ -1,4 +1,4 @@
-"""The documentation in docs/ cannot rot: its examples run and its CLI help is current.
+"""README.md and docs/ cannot rot: their examples run and the CLI help is current.
 
 - Every ```` ```pycon ```` block is a doctest. The blocks of one page run in order,
   sharing their names, in a fresh working directory.
@@ -17,12 +17,35 @@
   an example. After changing the CLI, regenerate them with::
 
       python tests/test_docs.py --update
+
+README.md is checked too, and so is every shell block:
+
+- Every other ```` ```sh ````, ```` ```bash ```` and ```` ```console ```` block of
+  README.md and docs/ runs too, with ``index-writer`` on PATH: a page's blocks
+  run in order in one fresh directory (its pycon blocks replayed among them),
+  so a block can use the files an earlier one made. A ``sh``/``bash`` block
+  runs as a bash script with ``set -e`` and must exit 0; a ``console`` block's
+  output is compared as above. In their marker:
+  ``placeholder=/some/dir`` stands a fresh directory in for a path the reader
+  replaces with their own; ``needs=cmd1,cmd2`` skips the block where a
+  command is missing.
+- ``<!-- test: checkout -->`` before a shell block (setting up from a
+  checkout, ``pip install .``) runs it in a copy of the checkout, in a fresh
+  virtual environment (tests marked ``heavy``).
+- ``<!-- not run: REASON -->`` before a shell block that cannot run here by
+  its nature (a SLURM job script, ``srun``, the benchmark itself) says so:
+  it is reported as a skipped test with its reason, and counted.
+- Code lines in README.md and docs/ fit the page: at most 80 characters (the
+  width a code block shows beside both sidebars of the site).
+- The site builds without a word on the terminal, its API signatures split over
+  lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import doctest
+import html
 import importlib.util
 import os
 import re
@@ -39,13 +62,20 @@ from index_writer._cli import build_parser
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 CLI_PAGE = DOCS / "cli.md"
-#: Written by benchmarks/compare.py, not by hand: nothing in it is meant to run.
-NOT_OURS = {"benchmarks.md"}
+#: Pages written by a program, not by hand, whose code blocks are not examples
+#: (none now: the benchmark's figures are generated into sections of the pages).
+NOT_OURS: set[str] = set()
 HELP_COLUMNS = 80
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,})(?P<lang>[\w-]*)[^\n]*$")
 _MARKER = re.compile(r"^\s*<!--\s*test:(?P<spec>[^>]*?)\s*-->\s*$")
 _HELP_MARKER = re.compile(r"^\s*<!--\s*help:\s*(?P<name>[\w -]+?)\s*-->\s*$")
+_NOT_RUN = re.compile(r"^\s*<!--\s*not run:(?P<reason>[^>]*?)\s*-->\s*$")
+ROOT = DOCS.parent
+README = ROOT / "README.md"
+SHELL_LANGS = ("sh", "bash", "console")
+#: The widest code line the pages show without scrolling sideways.
+CODE_COLUMNS = 80
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -57,6 +87,7 @@ class Block:
     text: str
     marker: str | None  # the spec of a <!-- test: ... --> line just before it
     label: str | None  # the name of a <!-- help: ... --> line just before it
+    not_run: str | None  # the reason of a <!-- not run: ... --> line just before it
     start: int  # 0-based index of the first content line
     end: int  # 0-based index of the closing fence
 
@@ -64,12 +95,16 @@ class Block:
     def flags(self) -> set[str]:
         return {w for w in (self.marker or "").split() if "=" not in w}
 
-    @property
-    def requires(self) -> list[str]:
+    def option(self, name: str) -> list[str]:
+        """The comma-separated values of ``name=`` in the marker."""
         for word in (self.marker or "").split():
-            if word.startswith("requires="):
+            if word.startswith(name + "="):
                 return [m for m in word.split("=", 1)[1].split(",") if m]
         return []
+
+    @property
+    def requires(self) -> list[str]:
+        return self.option("requires")
 
     @property
     def id(self) -> str:
@@ -98,6 +133,7 @@ def blocks(page: Path) -> list[Block]:
         prev = lines[i - 1] if i > 0 else ""
         marker = _MARKER.match(prev)
         label = _HELP_MARKER.match(prev)
+        not_run = _NOT_RUN.match(prev)
         found.append(
             Block(
                 page=page.name,
@@ -106,6 +142,7 @@ def blocks(page: Path) -> list[Block]:
                 text="\n".join(body) + "\n",
                 marker=marker["spec"].strip() if marker else None,
                 label=label["name"] if label else None,
+                not_run=not_run["reason"].strip() if not_run else None,
                 start=i + 1,
                 end=j,
             )
@@ -115,7 +152,7 @@ def blocks(page: Path) -> list[Block]:
 
 
 PAGES = sorted(p for p in DOCS.glob("*.md") if p.name not in NOT_OURS)
-ALL_BLOCKS = [b for page in PAGES for b in blocks(page)]
+ALL_BLOCKS = [b for page in [README, *PAGES] for b in blocks(page)]
 
 
 #: Tests of blocks that need one of these modules get its marker (CI runs the
@@ -149,10 +186,22 @@ def test_docs_have_runnable_examples() -> None:
     assert any(b.lang == "pycon" for b in ALL_BLOCKS)
     assert any(b.lang == "python" and "run" in b.flags for b in ALL_BLOCKS)
     assert any(b.lang == "console" and "run" in b.flags for b in ALL_BLOCKS)
+    allowed = {
+        "pycon": {"skip"},
+        "python": {"run"},
+        "console": {"run", "checkout"},
+        "sh": {"checkout"},
+        "bash": {"checkout"},
+    }
     for b in ALL_BLOCKS:
         if b.marker is not None:
-            assert b.flags <= {"run", "skip"}, f"{b.id}: unknown test marker {b.marker!r}"
-            assert b.lang in ("pycon", "python", "console"), f"{b.id}: marker on a {b.lang} block"
+            assert b.lang in allowed, f"{b.id}: test marker on a {b.lang} block"
+            assert b.flags <= allowed[b.lang], f"{b.id}: unknown test marker {b.marker!r}"
+            options = {w.split("=", 1)[0] for w in b.marker.split() if "=" in w}
+            assert options <= {"requires", "placeholder", "needs"}, f"{b.id}: {b.marker!r}"
+        if b.not_run is not None:
+            assert b.lang in SHELL_LANGS, f"{b.id}: 'not run' marker on a {b.lang} block"
+            assert b.not_run, f"{b.id}: say why the block is not run: <!-- not run: REASON -->"
 
 
 @pytest.mark.parametrize(
@@ -164,25 +213,53 @@ def test_docs_have_runnable_examples() -> None:
     ],
 )
 def test_pycon_examples(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's pycon blocks, with its shell blocks among them, in order."""
+    run_page(DOCS / page, tmp_path, monkeypatch)
+
+
+def run_page(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run a page's pycon and shell blocks in order, in one fresh directory.
+
+    The pycon blocks share their names; a shell block finds the files the
+    blocks above it wrote. Stops at the first block that fails.
+    """
     monkeypatch.chdir(tmp_path)
-    globs: dict[str, object] = {"__name__": f"docs_{page}"}
+    env = _env()
+    globs: dict[str, object] = {"__name__": f"docs_{page.name}"}
     parser = doctest.DocTestParser()
-    report: list[str] = []
-    runner = doctest.DocTestRunner(
-        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-    )
-    ran = 0
-    for b in blocks(DOCS / page):
-        if b.lang != "pycon" or "skip" in b.flags or _missing(b.requires):
-            continue
-        test = parser.get_doctest(b.text, globs, b.id, str(DOCS / page), b.line)
-        runner.run(test, out=report.append, clear_globs=False)
-        globs = test.globs  # a DocTest works on a copy: carry the names on
-        ran += 1
-    results = runner.summarize(verbose=False)
-    assert results.failed == 0, "".join(report)
-    if ran == 0:
-        pytest.skip("every pycon block needs a missing module")
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    ran, not_here = 0, []
+    for b in blocks(page):
+        if b.lang == "pycon" and "skip" not in b.flags:
+            missing = _missing(b.requires)
+            if missing:
+                not_here.append(f"{b.id} (needs {', '.join(missing)})")
+                continue
+            report: list[str] = []
+            test = parser.get_doctest(b.text, globs, b.id, str(page), b.line)
+            if runner.run(test, out=report.append, clear_globs=False).failed:
+                pytest.fail("".join(report), pytrace=False)
+            globs = test.globs  # a DocTest works on a copy: carry the names on
+            ran += 1
+        elif shell_kind(b) == "page":
+            unavailable = _unavailable(b)
+            if unavailable:
+                not_here.append(f"{b.id} (needs {', '.join(unavailable)})")
+                continue
+            if shutil.which("bash") is None:
+                pytest.skip("needs bash")
+            text = b.text
+            for placeholder in b.option("placeholder"):
+                stand_in = tmp_path / "placeholder" / placeholder.strip("/")
+                stand_in.mkdir(parents=True, exist_ok=True)
+                text = text.replace(placeholder, str(stand_in))
+            if b.lang == "console":
+                run_console(b.id, text, tmp_path, env)
+            else:
+                run_script(b.id, text, tmp_path, env)
+            ran += 1
+    if not_here:
+        pytest.skip(f"{ran} blocks ran; not here: {'; '.join(not_here)}")
 
 
 @pytest.mark.parametrize(
@@ -235,13 +312,17 @@ def test_console_examples(block: Block, tmp_path: Path) -> None:
         pytest.skip(f"needs {', '.join(missing)}")
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
+    run_console(block.id, block.text, tmp_path, _env())
+
+
+def run_console(block_id: str, text: str, cwd: Path, env: dict[str, str]) -> None:
+    """Run each ``$ command`` of a console block; fail where its output differs."""
     checker = doctest.OutputChecker()
     flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-    env = _env()
-    for command, want in console_steps(block.text):
+    for command, want in console_steps(text):
         r = subprocess.run(
             ["bash", "-c", command],
-            cwd=tmp_path,
+            cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -252,9 +333,216 @@ def test_console_examples(block: Block, tmp_path: Path) -> None:
         got = r.stdout
         if not checker.check_output(want, got, flags):
             pytest.fail(
-                f"{block.id}: `{command}` printed\n{got}\nexpected\n{want}"
+                f"{block_id}: `{command}` printed\n{got}\nexpected\n{want}"
                 f"(exit status {r.returncode})"
             )
+
+
+def run_script(block_id: str, text: str, cwd: Path, env: dict[str, str]) -> None:
+    """Run a sh/bash block as a bash script that stops at the first failing command."""
+    r = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", "PS4='$ '; set -x\n" + text],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if r.returncode != 0:
+        pytest.fail(
+            f"{block_id} failed (exit status {r.returncode}); what it ran and printed:\n"
+            f"{r.stdout}\nIf this block cannot run here by its nature, put "
+            "<!-- not run: REASON --> on the line before it."
+        )
+
+
+# ------------------------------------------------------------ shell blocks
+
+
+def shell_kind(b: Block) -> str | None:
+    """How a shell block is tested: 'alone', 'page', 'checkout' or 'not run'."""
+    if b.lang not in SHELL_LANGS:
+        return None
+    if b.not_run is not None:
+        return "not run"
+    if "checkout" in b.flags:
+        return "checkout"
+    if "run" in b.flags:
+        return "alone"  # test_console_examples
+    return "page"
+
+
+def _unavailable(b: Block) -> list[str]:
+    """The modules and commands a block needs that are missing here."""
+    return _missing(b.requires) + [c for c in b.option("needs") if shutil.which(c) is None]
+
+
+#: Pages whose shell blocks run in test_shell_blocks (test_pycon_examples runs
+#: those of pages with pycon blocks).
+SHELL_PAGES = [
+    p
+    for p in [README, *PAGES]
+    if any(shell_kind(b) == "page" for b in blocks(p))
+    and not any(b.lang == "pycon" for b in blocks(p))
+]
+
+
+@pytest.mark.parametrize("page", SHELL_PAGES, ids=lambda p: p.name)
+def test_shell_blocks(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page's shell blocks run as written, in order, in one fresh directory."""
+    run_page(page, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    "block", [b for b in ALL_BLOCKS if shell_kind(b) == "not run"], ids=lambda b: b.id
+)
+def test_shell_blocks_not_run(block: Block) -> None:
+    """Each block marked <!-- not run: REASON --> is counted, with its reason, as a skip."""
+    pytest.skip(f"{block.id} not run: {block.not_run}")
+
+
+def test_markers_stand_right_before_a_block() -> None:
+    for page in [README, *PAGES]:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if _MARKER.match(line) or _NOT_RUN.match(line) or _HELP_MARKER.match(line):
+                following = lines[i + 1] if i + 1 < len(lines) else ""
+                assert _FENCE.match(following), (
+                    f"{page.name}:{i + 1}: {line.strip()} must be the line right before "
+                    "the code block it is about"
+                )
+
+
+#: Set in the environment of the setup commands run by test_setup_commands, so
+#: that the test suite they run does not run them again.
+NESTED = "INDEX_WRITER_TESTING_SETUP_COMMANDS"
+
+
+@pytest.mark.heavy
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize(
+    "block", [b for b in ALL_BLOCKS if shell_kind(b) == "checkout"], ids=lambda b: b.id
+)
+def test_setup_commands(block: Block, tmp_path: Path) -> None:
+    """Set-up commands run as written in a copy of the checkout and a fresh venv.
+
+    The venv's ``bin`` comes first on PATH, as after activating it, and it
+    starts with nothing but pip: what a block installs is all it gets. A
+    block that runs the test suite must see it pass (skips state their reason).
+    """
+    if os.environ.get(NESTED):
+        pytest.skip("already running inside the set-up commands' own test run")
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    import venv
+
+    tree = tmp_path / "checkout"
+    shutil.copytree(
+        ROOT,
+        tree,
+        ignore=shutil.ignore_patterns(
+            ".git", "*.egg-info", "build", "dist", "site", "__pycache__", ".*_cache",
+            ".hypothesis", ".venv", "_cache",
+        ),
+    )  # fmt: skip
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / ("Scripts" if os.name == "nt" else "bin")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(
+        PATH=os.pathsep.join([str(bin_dir), env.get("PATH", "")]),
+        VIRTUAL_ENV=str(env_dir),
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        **{NESTED: "1"},
+    )
+    r = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", block.text],
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1700,
+        check=False,
+    )
+    tail = "\n".join(r.stdout.splitlines()[-60:])
+    assert r.returncode == 0, f"{block.id} failed (exit status {r.returncode}):\n{tail}"
+    if "pytest" in block.text:
+        closing = re.findall(r"^=+ (.* in [\d.]+s.*?) =+$", r.stdout, re.M)
+        assert closing, f"{block.id}: no pytest result line:\n{tail}"
+        assert re.search(r"\d+ passed", closing[-1]), closing[-1]
+        assert not re.search(r"failed|error", closing[-1]), closing[-1]
+        skips = re.findall(r"^SKIPPED \[\d+\] \S+: (.*)$", r.stdout, re.M)
+        assert all(reason.strip() for reason in skips), skips
+        print(f"{block.id}: {closing[-1]}", *(f"  skipped: {s}" for s in skips), sep="\n")
+
+
+# ----------------------------------------------------------- page layout
+
+
+def test_code_lines_fit_the_page() -> None:
+    """No code block of README.md or the docs makes readers scroll sideways."""
+    wide = [
+        f"{b.id}+{n}: {len(line)} characters"
+        for b in ALL_BLOCKS
+        for n, line in enumerate(b.text.splitlines(), start=1)
+        if len(line) > CODE_COLUMNS
+    ]
+    assert not wide, f"code lines longer than {CODE_COLUMNS} characters:\n" + "\n".join(wide)
+
+
+#: Words from the project's own history that mean nothing to a user.
+INTERNAL = re.compile(
+    r"\bseed(?:'s)?\b(?! ?=)|\bissue #?\d+|\btargets of\b|\bthe lead\b|\bthe seed\b", re.I
+)
+
+
+def test_users_read_no_internal_vocabulary() -> None:
+    src = ROOT / "src"
+    texts = {p.relative_to(ROOT): p.read_text(encoding="utf-8") for p in [README, *PAGES]}
+    texts.update({p.relative_to(ROOT): p.read_text(encoding="utf-8") for p in src.rglob("*.py")})
+    texts.update({Path(f"--help of {name}"): text for name, text in cli_help().items()})
+    found = [
+        f"{where}: {m[0]!r}" for where, text in texts.items() for m in INTERNAL.finditer(text)
+    ]
+    assert not found, "say it in the user's words: " + ", ".join(found)
+
+
+def _mkdocs() -> list[str]:
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("material") is None:
+        pytest.skip("needs the docs extra: pip install '.[docs]'")
+    script = Path(sys.executable).parent / "mkdocs"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mkdocs"]
+
+
+@pytest.mark.slow
+def test_the_site_builds_quietly_with_formatted_signatures(tmp_path: Path) -> None:
+    """``mkdocs build`` prints nothing (no banner); API signatures are split over lines."""
+    env = {k: v for k, v in os.environ.items() if "MKDOCS" not in k}
+    site = tmp_path / "site"
+    r = subprocess.run(
+        [*_mkdocs(), "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"), "-d", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert (r.returncode, r.stdout + r.stderr) == (0, ""), r.stdout + r.stderr
+    page = (site / "api" / "index.html").read_text(encoding="utf-8")
+    signatures = {}
+    for m in re.finditer(r'<div class="doc-signature[^"]*"[^>]*>(.*?)</div>', page, re.S):
+        text = html.unescape(re.sub(r"<[^>]+>", "", m[1])).strip()
+        signatures[text.split("(", 1)[0]] = text.splitlines()
+    assert "IndexWriter" in signatures, sorted(signatures)
+    assert signatures["IndexWriter"][:2] == ["IndexWriter(", "    index_path: str | PathLike[str],"]
+    assert len(signatures["write_entry"]) > 3, signatures["write_entry"]
+    wide = [line for lines in signatures.values() for line in lines if len(line) > CODE_COLUMNS]
+    assert not wide, wide
 
 
 # ------------------------------------------------------------------ CLI page

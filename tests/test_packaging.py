@@ -3,13 +3,18 @@
 The wheel is built from a copy of the source tree (benchmarks and tests
 included, so a packaging rule that swept them in would show), listed with
 ``python -m zipfile -l``, then installed into a fresh virtual environment
-with no extras, where the command must run.
+with no extras, where the command must run. These tests are marked ``heavy``:
+CI runs them once, on its main interpreter.
+
+The trove classifiers name every Python version the project supports, and the
+one running the tests.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +26,6 @@ import pytest
 import index_writer
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
 
 
 def _run(*cmd: str | os.PathLike[str], cwd: Path | None = None) -> str:
@@ -49,6 +53,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+@pytest.mark.heavy
+@pytest.mark.slow
 def test_the_wheel_holds_the_library_and_nothing_else(wheel: Path) -> None:
     listing = _run(sys.executable, "-m", "zipfile", "-l", wheel)
     names = [line.split()[0] for line in listing.splitlines()[1:] if line.strip()]
@@ -70,6 +76,8 @@ def test_the_wheel_holds_the_library_and_nothing_else(wheel: Path) -> None:
     assert "index_writer/py.typed" in names
 
 
+@pytest.mark.heavy
+@pytest.mark.slow
 def test_one_version_number(wheel: Path) -> None:
     import zipfile
 
@@ -81,6 +89,8 @@ def test_one_version_number(wheel: Path) -> None:
     assert importlib.metadata.version("index-writer") == index_writer.__version__
 
 
+@pytest.mark.heavy
+@pytest.mark.slow
 def test_the_command_runs_from_a_fresh_install_without_extras(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
@@ -95,3 +105,24 @@ def test_the_command_runs_from_a_fresh_install_without_extras(wheel: Path, tmp_p
     out = _run(command, "demo", "--workers", "2", "--entries", "20", "--index", "i.csv",
                cwd=tmp_path)  # fmt: skip
     assert "verified: 20 rows, 20 unique paths" in out
+
+
+def test_classifiers_name_each_supported_python() -> None:
+    meta = importlib.metadata.metadata("index-writer")
+    requires = meta["Requires-Python"]
+    m = re.fullmatch(r">=\s*3\.(\d+)", requires or "")
+    assert m, f"Requires-Python is {requires!r}, expected '>=3.N'"
+    minors = sorted(
+        int(c.rsplit(".", 1)[1])
+        for c in meta.get_all("Classifier") or []
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    )
+    assert minors, "no 'Programming Language :: Python :: 3.N' classifiers"
+    assert minors == list(range(int(m[1]), minors[-1] + 1)), (
+        f"classifiers name 3.{minors}: every version from {requires} on, without gaps"
+    )
+    running = sys.version_info[1]
+    assert running in minors, (
+        f"the tests run on Python 3.{running}, which pyproject.toml's classifiers do not "
+        "name: add it once the suite passes there"
+    )

@@ -1,6 +1,7 @@
 """The demo workload: many workers record fake output files in one index.
 
-The seed's example, as ``index-writer demo`` runs it: a pool of ``workers``
+The many-workers demo, med-imagetools' own example for its ``IndexWriter``, as
+``index-writer demo`` runs it: a pool of ``workers``
 processes (or threads) runs one task per entry; each task makes a fresh
 :class:`~index_writer.IndexWriter` and calls ``write_entry`` once for
 ``output/fake_file_{i}.nii.gz`` with :func:`generate_context`'s fields.
@@ -93,7 +94,7 @@ def demo_path(i: int) -> str:
 
 
 def generate_context(i: int) -> dict[str, object]:
-    """The metadata the seed's example records for task ``i``.
+    """The metadata the many-workers demo records for task ``i``.
 
     Examples
     --------
