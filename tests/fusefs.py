@@ -322,6 +322,10 @@ def serve(source: str, mountpoint: str, locks: str = "kernel", delay: float = 0.
         entry_timeout=0,
         negative_timeout=0,
         hard_remove=True,
+        # Reads go to the file the passthrough opened, however long: with the
+        # page cache, a read racing a rename could be cut at the size of the
+        # file the name stood for a moment earlier.
+        direct_io=True,
     )
 
 
