@@ -171,3 +171,18 @@ def write_append_journal(index: str, offset: int, data: bytes) -> None:
 def write_rewrite_journal(index: str, temp: str) -> None:
     """The journal a writer leaves when killed while rewriting through ``temp``."""
     write_journal(index, _journal.rewrite_record(temp))
+
+
+def close_all() -> None:
+    """Close every file this process keeps open for any index or lock file.
+
+    What ``IndexWriter.close()`` does for one index, for all of them at once
+    (for a test that unmounts a filesystem after a failed write).
+    """
+    for slot in list(_handles._slots.values()):
+        with slot.mutex:
+            slot.close_files()
+            slot.state = None
+    for lock in {*_handles._lock_files.values(), *_handles._lock_paths.values()}:
+        with lock.mutex:
+            lock.close()
