@@ -136,6 +136,12 @@ def journal_record(index: str | os.PathLike[str]) -> dict[str, object] | None:
     return None if record is None else record.info
 
 
+def journal_file_record(path: str | os.PathLike[str]) -> dict[str, object] | None:
+    """The operation the journal file at ``path`` holds (finished or not), or None."""
+    record = _journal.read_journal(os.fspath(path))
+    return None if record is None else record.info
+
+
 def journal_pending(index: str | os.PathLike[str]) -> bool:
     """Whether ``index``'s journal shows a change the next writer would undo."""
     record = _journal.read_journal(journal_path(index))
@@ -186,3 +192,10 @@ def close_all() -> None:
     for lock in {*_handles._lock_files.values(), *_handles._lock_paths.values()}:
         with lock.mutex:
             lock.close()
+
+
+def temp_name(index: str | os.PathLike[str]) -> str:
+    """A temporary file name a rewrite of ``index`` would use (shortened to fit)."""
+    from index_writer import _files
+
+    return _files.new_temp_name(os.path.realpath(index))

@@ -470,5 +470,92 @@ def locked_unlink_loop(index: str, stop: Any, count: Any) -> None:
     count.value = n
 
 
+def big_batch_then_exit(index: str, n: int, lock: str | None = None) -> None:
+    """Append ``n`` rows of ``BLOB_CHARS`` characters in one batch, then exit with status 3."""
+    rows = [(big_path("huge", i), context_for(big_path("huge", i))) for i in range(n)]
+    IndexWriter(index, lock).write_entries(rows)
+    os._exit(3)  # the write returned: the test wanted to kill it before
+
+
+#: The value of every row :func:`quoted_batch_then_exit` writes: 50 kB with commas,
+#: so it is written quoted and almost every byte of its row is inside the quotes.
+QUOTED_BLOB = "x,y " * 12_500
+
+
+def quoted_path(i: int) -> str:
+    return f"quoted/q{i:06d}.nii.gz"
+
+
+def quoted_batch_then_exit(index: str, n: int, lock: str | None = None) -> None:
+    """Append ``n`` rows holding :data:`QUOTED_BLOB` in one batch, then exit with status 3."""
+    rows = [(quoted_path(i), {"blob": QUOTED_BLOB}) for i in range(n)]
+    IndexWriter(index, lock).write_entries(rows)
+    os._exit(3)
+
+
+def prepare_for_big_batch(
+    index: str | os.PathLike[str], n: int = 1300, lock: str | os.PathLike[str] | None = None
+) -> str:
+    """Write one row giving the index every column :func:`big_batch_then_exit` uses.
+
+    So that batch is an append (new columns would make it a rewrite). The
+    row's extra columns are empty: it stays self-checking. Returns its path.
+    """
+    p = entry_path("setup", 0)
+    ctx = context_for(p)
+    for i in range(n):
+        for key in context_for(big_path("huge", i)):
+            ctx.setdefault(key, "")
+    IndexWriter(index, lock).write_entry(p, ctx)
+    return p
+
+
+def kill_inside_a_big_append(
+    index: str | os.PathLike[str],
+    n: int = 1300,
+    unlink: Iterable[str | os.PathLike[str]] = (),
+    target: Callable[..., None] = big_batch_then_exit,
+) -> int:
+    """SIGKILL a writer of ``n`` 50 kB rows as soon as its batch reaches the file.
+
+    The index must already have the batch's columns (:func:`prepare_for_big_batch`).
+    The files in ``unlink`` (the lock file, the journal) are deleted just
+    before the kill. ``target(index, n)`` writes the batch
+    (:func:`quoted_batch_then_exit` is the other one). Returns the file's
+    size before the batch. Retried (the file restored) in the unlikely case
+    the write completes first (with the journal kept, that is checked
+    against its record; without, the file must not end with a line end).
+    """
+    import multiprocessing
+    import signal
+
+    fork = multiprocessing.get_context("fork")
+    path = Path(index)
+    before = path.read_bytes()
+    for _ in range(5):
+        child = fork.Process(target=target, args=(str(index), n))
+        child.start()
+        while path.stat().st_size == len(before) and child.exitcode is None:
+            pass
+        for name in unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        size = path.stat().st_size
+        record = _internals.journal_record(index)
+        if record is not None and record.get("op") != "append":
+            raise AssertionError(f"the batch was not an append: {record}")
+        if record is not None:
+            complete = int(str(record["offset"])) + int(str(record["length"])) <= size
+        else:  # no journal: a cut at a line end looks complete; try again
+            with open(index, "rb") as f:
+                complete = f.seek(-1, os.SEEK_END) >= 0 and f.read(1) == b"\n"
+        if child.exitcode == -signal.SIGKILL and size > len(before) and not complete:
+            return len(before)
+        path.write_bytes(before)
+    raise AssertionError("never managed to kill the writer inside its write")
+
+
 fake_journal_record = _internals.write_journal
 fake_append_journal = _internals.write_append_journal

@@ -40,7 +40,15 @@ from _system import (
     read_only_view,
     shared_directory,
 )
-from _workers import big_path, check_index, context_for, entry_path, expected_values
+from _workers import (
+    big_path,
+    check_index,
+    context_for,
+    entry_path,
+    expected_values,
+    kill_inside_a_big_append,
+    prepare_for_big_batch,
+)
 from index_writer import (
     IndexLockTimeoutError,
     IndexReadError,
@@ -269,35 +277,6 @@ def test_snapshots_during_big_batches_are_all_or_nothing(tmp_path: Path, reader:
 # --------------------------------------------- a writer killed inside a big append
 
 
-def _big_batch(index: str, n: int) -> None:
-    rows = [(big_path("huge", i), context_for(big_path("huge", i))) for i in range(n)]
-    IndexWriter(index).write_entries(rows)
-    os._exit(3)  # the write returned: the test wanted to kill it before
-
-
-def kill_inside_a_big_append(index: Path, n: int = 1300, lock: Path | None = None) -> int:
-    """SIGKILL a writer of ``n`` 50 kB rows as soon as its batch reaches the file.
-
-    Returns the file's size before the batch. Retried (the file restored) in
-    the unlikely case the write completes before the kill; skips the test
-    if it never lands inside.
-    """
-    before = index.read_bytes()
-    for _ in range(5):
-        child = FORK.Process(target=_big_batch, args=(str(index), n))
-        child.start()
-        while index.stat().st_size == len(before) and child.exitcode is None:
-            pass
-        if lock is not None:
-            os.unlink(lock)
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
-        if child.exitcode == -signal.SIGKILL and index.stat().st_size > len(before):
-            return len(before)
-        index.write_bytes(before)
-    pytest.fail("never managed to kill the writer inside its write")
-
-
 def _rows_of(index: str) -> list[dict[str, str]]:
     return IndexWriter(index).read_rows()
 
@@ -308,6 +287,7 @@ def test_readers_leave_out_an_append_cut_short_and_touch_nothing(tmp_path: Path)
         data = shared / "data"
         data.mkdir(mode=0o755)
         index, paths = _index_with_rows(data)
+        paths.add(prepare_for_big_batch(index))
         size = kill_inside_a_big_append(index)
         torn = index.read_bytes()
         assert len(torn) > size
@@ -355,10 +335,9 @@ def test_append_cut_short_by_a_writer_whose_journal_is_next_to_its_lock_file() -
         lock = locks / "index.lock"
         index = data / "index.csv"
         w = IndexWriter(index, lock)
-        paths = [entry_path("base", i) for i in range(20)]
-        w.write_entries((p, context_for(p)) for p in paths)
-        big = big_path("base", 0)
-        w.write_entry(big, context_for(big))
+        paths = {entry_path("base", i) for i in range(20)}
+        w.write_entries((p, context_for(p)) for p in sorted(paths))
+        paths.add(prepare_for_big_batch(index, lock=lock))  # the batch is an append
         w.close()
         index.chmod(0o666)
         lock.chmod(0o666)
@@ -377,11 +356,15 @@ def test_append_cut_short_by_a_writer_whose_journal_is_next_to_its_lock_file() -
             index.write_bytes(before)
         else:
             pytest.fail("never managed to kill the writer inside its write")
-        assert any(name.endswith(".journal") for name in os.listdir(locks))
+        # The journal the killed writer kept, next to its lock file, shows the torn append.
+        (journal,) = [locks / n for n in os.listdir(locks) if n.endswith(".journal")]
+        record = _internals.journal_file_record(journal)
+        assert record is not None and record["op"] == "append", record
+        assert int(str(record["offset"])) + int(str(record["length"])) > index.stat().st_size
         rows = in_child(_rows_of, str(index))  # a reader, in another process
         problems = _self_checking_problems(rows)
-        assert {r["path"] for r in rows} == {*paths, big}, problems[:3]
-        check_index(index, exact={*paths, big})  # and the next writer
+        assert {r["path"] for r in rows} == paths, problems[:3]
+        check_index(index, exact=paths)  # and the next writer
 
 
 # ------------------------------------------------------- reads of missing paths
