@@ -375,6 +375,72 @@ def kill_worker(index: str, tag: str, ack_path: str, log_path: str, seed: int) -
                 mine[p] = rev
 
 
+def kill_worker_spellings(
+    spellings: list[str], tag: str, ack_path: str, log_path: str, seed: float, threads: int
+) -> None:
+    """:func:`kill_worker`'s mix in ``threads`` threads, each write through a random spelling.
+
+    ``spellings`` are paths of one index (its real path, through a symlinked
+    directory, with ``..``). Thread ``k`` tags its entries ``{tag}t{k}`` and
+    acknowledges them in ``{ack_path}.t{k}`` after each call returned. The
+    mix: single entries, small batches, batches of ~1.5 MB, of 30 huge rows,
+    and replacements (rewrites) of the thread's own acknowledged rows.
+    Writer objects are per thread and spelling, except that every thread
+    shares the first spelling's.
+    """
+    logging.basicConfig(
+        filename=log_path,
+        level=logging.WARNING,
+        format="%(process)d %(name)s %(message)s",
+        force=True,
+    )
+    shared = IndexWriter(spellings[0])
+
+    def run(k: int) -> None:
+        rng = random.Random(f"{seed}-{k}")
+        writers = [shared] + [IndexWriter(s) for s in spellings[1:]]
+        sub = f"{tag}t{k}"
+        fd = os.open(f"{ack_path}.t{k}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        mine: dict[str, int] = {}
+        i = 0
+        while True:
+            w = rng.choice(writers)
+            r = rng.random()
+            if r < 0.5:
+                p = entry_path(sub, i)
+                i += 1
+                w.write_entry(p, context_for(p))
+                done = [(p, 0)]
+            elif r < 0.8:
+                ps = [entry_path(sub, j) for j in range(i, i + rng.randint(2, 100))]
+                i += len(ps)
+                w.write_entries([(p, context_for(p)) for p in ps])
+                done = [(p, 0) for p in ps]
+            elif r < 0.84:
+                ps = [entry_path(sub, j) for j in range(i, i + 10_000)]
+                i += len(ps)
+                w.write_entries([(p, context_for(p)) for p in ps])
+                done = [(p, 0) for p in ps]
+            elif r < 0.88:
+                ps = [big_path(sub, j) for j in range(i, i + 30)]
+                i += len(ps)
+                w.write_entries([(p, context_for(p)) for p in ps])
+                done = [(p, 0) for p in ps]
+            elif mine:
+                p = rng.choice(list(mine))
+                rev = mine[p] + 1
+                w.write_entry(p, context_for(p, rev), replace_existing=True)
+                done = [(p, rev)]
+            else:
+                continue
+            _ack(fd, done)
+            for p, rev in done:
+                if "/big" not in p and (rev or rng.random() < 0.01):
+                    mine[p] = rev
+
+    run_in_threads(run, threads)
+
+
 def hold_lock_until_told(lock_path: str, conn: Any) -> None:
     """Hold a fasteners lock on ``lock_path`` (as med-imagetools takes it).
 
@@ -515,6 +581,7 @@ def kill_inside_a_big_append(
     n: int = 1300,
     unlink: Iterable[str | os.PathLike[str]] = (),
     target: Callable[..., None] = big_batch_then_exit,
+    journal: str | os.PathLike[str] | None = None,
 ) -> int:
     """SIGKILL a writer of ``n`` 50 kB rows as soon as its batch reaches the file.
 
@@ -525,6 +592,8 @@ def kill_inside_a_big_append(
     size before the batch. Retried (the file restored) in the unlikely case
     the write completes first (with the journal kept, that is checked
     against its record; without, the file must not end with a line end).
+    ``journal`` is the journal the writer keeps, if not the one next to the
+    index.
     """
     import multiprocessing
     import signal
@@ -543,7 +612,11 @@ def kill_inside_a_big_append(
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         size = path.stat().st_size
-        record = _internals.journal_record(index)
+        record = (
+            _internals.journal_record(index)
+            if journal is None
+            else _internals.journal_file_record(journal)
+        )
         if record is not None and record.get("op") != "append":
             raise AssertionError(f"the batch was not an append: {record}")
         if record is not None:
