@@ -238,9 +238,12 @@ def test_check_notes_each_file_records_were_moved_into(tmp_path: Path) -> None:
     ]
 
 
-def test_check_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv", [["check"], ["check", "--dedupe"], ["show"]])
+def test_show_and_check_refuse_what_is_not_a_regular_file(tmp_path: Path, argv: list[str]) -> None:
+    """A FIFO is refused at once (opening it to read would wait for a writer of it)."""
     fifo = tmp_path / "index.csv"
     os.mkfifo(fifo)
-    r = run("check", fifo, timeout=20)
+    r = run(argv[0], fifo, *argv[1:], timeout=20)
     assert r.returncode == 1
-    assert "not a regular file" in r.stderr
+    assert "not a regular file" in r.stdout + r.stderr
+    assert os.listdir(tmp_path) == ["index.csv"]

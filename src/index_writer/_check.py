@@ -109,16 +109,29 @@ def check_index(index_path: str | os.PathLike[str], filepath_column: str = "path
     return report
 
 
+def _open_regular(path: str | os.PathLike[str]) -> int:
+    """Open ``path`` for reading; OSError unless it is a regular file.
+
+    Opening never waits: a FIFO (or a device) is refused, not read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _platform.O_BINARY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _inspect_file(path: Path, filepath_column: str) -> CheckReport:
     """Inspect the regular file at ``path``, up to an append a crash cut short."""
-    # O_NONBLOCK: opening a FIFO for reading must not wait for a writer of it.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _platform.O_BINARY)
+    fd = _open_regular(path)
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
         end = torn_append_start(read_journal(journal_path(os.path.realpath(path))), fd, st)
         report, _ = inspect(
             Source(path, fd=fd, size=st.st_size if end is None else end),
@@ -194,7 +207,7 @@ def index_columns(index_path: Path) -> list[str] | None:
         The file cannot be read.
     """
     head = b""
-    with open(index_path, "rb") as f:
+    with open(_open_regular(index_path), "rb") as f:
         while len(head) < _HEADER_MAX:
             line = f.readline(_HEADER_MAX)
             head += line
