@@ -222,7 +222,7 @@ def test_check_reports_an_append_the_journal_shows_cut_short(tmp_path: Path) -> 
     assert len(IndexWriter(index).read_rows()) == 5
 
 
-def test_check_notes_each_file_records_were_moved_into(tmp_path: Path) -> None:
+def test_check_reports_each_file_records_were_moved_into(tmp_path: Path) -> None:
     index = tmp_path / "index.csv"
     write_range(str(index), "base", 3)
     for stamp in ("20250101T000000Z", "20250102T000000Z"):
