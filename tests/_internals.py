@@ -136,6 +136,12 @@ def journal_record(index: str | os.PathLike[str]) -> dict[str, object] | None:
     return None if record is None else record.info
 
 
+def journal_file_record(path: str | os.PathLike[str]) -> dict[str, object] | None:
+    """The operation the journal file at ``path`` holds (finished or not), or None."""
+    record = _journal.read_journal(os.fspath(path))
+    return None if record is None else record.info
+
+
 def journal_pending(index: str | os.PathLike[str]) -> bool:
     """Whether ``index``'s journal shows a change the next writer would undo."""
     record = _journal.read_journal(journal_path(index))
@@ -171,3 +177,25 @@ def write_append_journal(index: str, offset: int, data: bytes) -> None:
 def write_rewrite_journal(index: str, temp: str) -> None:
     """The journal a writer leaves when killed while rewriting through ``temp``."""
     write_journal(index, _journal.rewrite_record(temp))
+
+
+def close_all() -> None:
+    """Close every file this process keeps open for any index or lock file.
+
+    What ``IndexWriter.close()`` does for one index, for all of them at once
+    (for a test that unmounts a filesystem after a failed write).
+    """
+    for slot in list(_handles._slots.values()):
+        with slot.mutex:
+            slot.close_files()
+            slot.state = None
+    for lock in {*_handles._lock_files.values(), *_handles._lock_paths.values()}:
+        with lock.mutex:
+            lock.close()
+
+
+def temp_name(index: str | os.PathLike[str]) -> str:
+    """A temporary file name a rewrite of ``index`` would use (shortened to fit)."""
+    from index_writer import _files
+
+    return _files.new_temp_name(os.path.realpath(index))

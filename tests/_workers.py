@@ -375,6 +375,72 @@ def kill_worker(index: str, tag: str, ack_path: str, log_path: str, seed: int) -
                 mine[p] = rev
 
 
+def kill_worker_spellings(
+    spellings: list[str], tag: str, ack_path: str, log_path: str, seed: float, threads: int
+) -> None:
+    """:func:`kill_worker`'s mix in ``threads`` threads, each write through a random spelling.
+
+    ``spellings`` are paths of one index (its real path, through a symlinked
+    directory, with ``..``). Thread ``k`` tags its entries ``{tag}t{k}`` and
+    acknowledges them in ``{ack_path}.t{k}`` after each call returned. The
+    mix: single entries, small batches, batches of ~1.5 MB, of 30 huge rows,
+    and replacements (rewrites) of the thread's own acknowledged rows.
+    Writer objects are per thread and spelling, except that every thread
+    shares the first spelling's.
+    """
+    logging.basicConfig(
+        filename=log_path,
+        level=logging.WARNING,
+        format="%(process)d %(name)s %(message)s",
+        force=True,
+    )
+    shared = IndexWriter(spellings[0])
+
+    def run(k: int) -> None:
+        rng = random.Random(f"{seed}-{k}")
+        writers = [shared] + [IndexWriter(s) for s in spellings[1:]]
+        sub = f"{tag}t{k}"
+        fd = os.open(f"{ack_path}.t{k}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        mine: dict[str, int] = {}
+        i = 0
+        while True:
+            w = rng.choice(writers)
+            r = rng.random()
+            if r < 0.5:
+                p = entry_path(sub, i)
+                i += 1
+                w.write_entry(p, context_for(p))
+                done = [(p, 0)]
+            elif r < 0.8:
+                ps = [entry_path(sub, j) for j in range(i, i + rng.randint(2, 100))]
+                i += len(ps)
+                w.write_entries([(p, context_for(p)) for p in ps])
+                done = [(p, 0) for p in ps]
+            elif r < 0.84:
+                ps = [entry_path(sub, j) for j in range(i, i + 10_000)]
+                i += len(ps)
+                w.write_entries([(p, context_for(p)) for p in ps])
+                done = [(p, 0) for p in ps]
+            elif r < 0.88:
+                ps = [big_path(sub, j) for j in range(i, i + 30)]
+                i += len(ps)
+                w.write_entries([(p, context_for(p)) for p in ps])
+                done = [(p, 0) for p in ps]
+            elif mine:
+                p = rng.choice(list(mine))
+                rev = mine[p] + 1
+                w.write_entry(p, context_for(p, rev), replace_existing=True)
+                done = [(p, rev)]
+            else:
+                continue
+            _ack(fd, done)
+            for p, rev in done:
+                if "/big" not in p and (rev or rng.random() < 0.01):
+                    mine[p] = rev
+
+    run_in_threads(run, threads)
+
+
 def hold_lock_until_told(lock_path: str, conn: Any) -> None:
     """Hold a fasteners lock on ``lock_path`` (as med-imagetools takes it).
 
@@ -468,6 +534,100 @@ def locked_unlink_loop(index: str, stop: Any, count: Any) -> None:
                 pass
         time.sleep(0.0005)
     count.value = n
+
+
+def big_batch_then_exit(index: str, n: int, lock: str | None = None) -> None:
+    """Append ``n`` rows of ``BLOB_CHARS`` characters in one batch, then exit with status 3."""
+    rows = [(big_path("huge", i), context_for(big_path("huge", i))) for i in range(n)]
+    IndexWriter(index, lock).write_entries(rows)
+    os._exit(3)  # the write returned: the test wanted to kill it before
+
+
+#: The value of every row :func:`quoted_batch_then_exit` writes: 50 kB with commas,
+#: so it is written quoted and almost every byte of its row is inside the quotes.
+QUOTED_BLOB = "x,y " * 12_500
+
+
+def quoted_path(i: int) -> str:
+    return f"quoted/q{i:06d}.nii.gz"
+
+
+def quoted_batch_then_exit(index: str, n: int, lock: str | None = None) -> None:
+    """Append ``n`` rows holding :data:`QUOTED_BLOB` in one batch, then exit with status 3."""
+    rows = [(quoted_path(i), {"blob": QUOTED_BLOB}) for i in range(n)]
+    IndexWriter(index, lock).write_entries(rows)
+    os._exit(3)
+
+
+def prepare_for_big_batch(
+    index: str | os.PathLike[str], n: int = 1300, lock: str | os.PathLike[str] | None = None
+) -> str:
+    """Write one row giving the index every column :func:`big_batch_then_exit` uses.
+
+    So that batch is an append (new columns would make it a rewrite). The
+    row's extra columns are empty: it stays self-checking. Returns its path.
+    """
+    p = entry_path("setup", 0)
+    ctx = context_for(p)
+    for i in range(n):
+        for key in context_for(big_path("huge", i)):
+            ctx.setdefault(key, "")
+    IndexWriter(index, lock).write_entry(p, ctx)
+    return p
+
+
+def kill_inside_a_big_append(
+    index: str | os.PathLike[str],
+    n: int = 1300,
+    unlink: Iterable[str | os.PathLike[str]] = (),
+    target: Callable[..., None] = big_batch_then_exit,
+    journal: str | os.PathLike[str] | None = None,
+) -> int:
+    """SIGKILL a writer of ``n`` 50 kB rows as soon as its batch reaches the file.
+
+    The index must already have the batch's columns (:func:`prepare_for_big_batch`).
+    The files in ``unlink`` (the lock file, the journal) are deleted just
+    before the kill. ``target(index, n)`` writes the batch
+    (:func:`quoted_batch_then_exit` is the other one). Returns the file's
+    size before the batch. Retried (the file restored) in the unlikely case
+    the write completes first (with the journal kept, that is checked
+    against its record; without, the file must not end with a line end).
+    ``journal`` is the journal the writer keeps, if not the one next to the
+    index.
+    """
+    import multiprocessing
+    import signal
+
+    fork = multiprocessing.get_context("fork")
+    path = Path(index)
+    before = path.read_bytes()
+    for _ in range(5):
+        child = fork.Process(target=target, args=(str(index), n))
+        child.start()
+        while path.stat().st_size == len(before) and child.exitcode is None:
+            pass
+        for name in unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        size = path.stat().st_size
+        record = (
+            _internals.journal_record(index)
+            if journal is None
+            else _internals.journal_file_record(journal)
+        )
+        if record is not None and record.get("op") != "append":
+            raise AssertionError(f"the batch was not an append: {record}")
+        if record is not None:
+            complete = int(str(record["offset"])) + int(str(record["length"])) <= size
+        else:  # no journal: a cut at a line end looks complete; try again
+            with open(index, "rb") as f:
+                complete = f.seek(-1, os.SEEK_END) >= 0 and f.read(1) == b"\n"
+        if child.exitcode == -signal.SIGKILL and size > len(before) and not complete:
+            return len(before)
+        path.write_bytes(before)
+    raise AssertionError("never managed to kill the writer inside its write")
 
 
 fake_journal_record = _internals.write_journal

@@ -1,4 +1,9 @@
-"""A hypothesis state machine: the index always equals a simple in-memory model."""
+"""A hypothesis state machine: the index always equals a simple in-memory model.
+
+Each write goes through one of three spellings of the same index, chosen per
+write: its real path, a path through a symlinked directory, and one with
+``..``. They must behave as one index (one lock, one cached state).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ vals = st.one_of(
 )
 contexts = st.dictionaries(keys, vals, max_size=3)
 entries = st.lists(st.tuples(paths, contexts), min_size=0, max_size=4)
+#: Which spelling of the index a write goes through (see ``IndexModel.writers``).
+spellings = st.integers(0, 2)
 
 
 def as_str(v: object) -> str:
@@ -32,7 +39,15 @@ class IndexModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp())
-        self.writer = IndexWriter(self.dir / "index.csv")
+        real = self.dir / "real"
+        real.mkdir()
+        (self.dir / "link").symlink_to(real, target_is_directory=True)
+        self.writers = [
+            IndexWriter(real / "index.csv"),
+            IndexWriter(self.dir / "link" / "index.csv"),
+            IndexWriter(self.dir / "link" / ".." / "real" / "index.csv"),
+        ]
+        self.writer = self.writers[0]
         self.columns: list[str] = []
         self.rows: list[dict[str, str]] = []
 
@@ -77,7 +92,8 @@ class IndexModel(RuleBasedStateMachine):
         return [{c: r.get(c, "") for c in self.columns} for r in self.rows]
 
     def run(self, batch: list[tuple[str, dict[str, object]]], replace: bool, merge: bool,
-            single: bool) -> None:
+            single: bool, spelling: int) -> None:
+        writer = self.writers[spelling]
         model_error = real_error = None
         snapshot = (list(self.columns), list(self.rows))
         try:
@@ -88,9 +104,9 @@ class IndexModel(RuleBasedStateMachine):
         try:
             if single:
                 for p, c in batch:
-                    self.writer.write_entry(p, c, replace_existing=replace, merge_columns=merge)
+                    writer.write_entry(p, c, replace_existing=replace, merge_columns=merge)
             else:
-                self.writer.write_entries(batch, replace_existing=replace, merge_columns=merge)
+                writer.write_entries(batch, replace_existing=replace, merge_columns=merge)
         except IndexSchemaMismatchError as e:
             real_error = e
         if single and model_error is not None:
@@ -106,15 +122,16 @@ class IndexModel(RuleBasedStateMachine):
         if real_error is not None and model_error is not None and not single:
             assert real_error.missing_fields == model_error.missing_fields
 
-    @rule(batch=entries, replace=st.booleans(), merge=st.booleans())
+    @rule(batch=entries, replace=st.booleans(), merge=st.booleans(), spelling=spellings)
     def write_batch(self, batch: list[tuple[str, dict[str, object]]], replace: bool,
-                    merge: bool) -> None:
-        self.run(batch, replace, merge, single=False)
+                    merge: bool, spelling: int) -> None:
+        self.run(batch, replace, merge, single=False, spelling=spelling)
 
-    @rule(path=paths, context=contexts, replace=st.booleans(), merge=st.booleans())
+    @rule(path=paths, context=contexts, replace=st.booleans(), merge=st.booleans(),
+          spelling=spellings)
     def write_one(self, path: str, context: dict[str, object], replace: bool,
-                  merge: bool) -> None:
-        self.run([(path, context)], replace, merge, single=True)
+                  merge: bool, spelling: int) -> None:
+        self.run([(path, context)], replace, merge, single=True, spelling=spelling)
 
     @rule()
     def new_process(self) -> None:
@@ -123,7 +140,11 @@ class IndexModel(RuleBasedStateMachine):
 
     @invariant()
     def index_matches_model(self) -> None:
-        assert self.writer.read_rows() == self.expected()
+        expected = self.expected()
+        for writer in self.writers:
+            assert writer.read_rows() == expected
+        assert (self.dir / "link").is_symlink()
+        assert not [p for p in (self.dir / "real").iterdir() if p.name.endswith(".tmp")]
 
 
 TestIndexModel = IndexModel.TestCase

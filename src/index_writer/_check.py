@@ -8,6 +8,11 @@ are not UTF-8, a NUL byte, an unterminated quote or text after a closing
 quote. It holds one row at a time plus 8 bytes per row (a hash of its path);
 rows whose hash repeats are read a second time to compare their paths.
 
+It also reports what a write cut short left: an append its crash journal
+shows unfinished (counted out, as readers leave it out), a last record that
+is provably incomplete (writers move it aside), and the files such records
+were moved into (``NAME.incomplete-<time>``, next to the index).
+
 :func:`dedupe` keeps the last row of each path, under the index lock, with an
 atomic rewrite that keeps every other byte of the file: the kept rows, blank
 lines, line endings and byte order mark.
@@ -22,13 +27,18 @@ import errno
 import io
 import logging
 import os
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._check_report import CheckReport, DedupeRefusedError, inspect
+from . import _platform
+from ._check_report import CheckReport, DedupeRefusedError, inspect, plural
 from ._check_scan import Source
 from ._errors import IndexReadError
-from ._files import pread_all
+from ._files import pread_all, sidecar_name
+from ._handles import journal_path
+from ._journal import read_journal, torn_append_start
 from ._table import BOM, read_header
 
 __all__ = ["CheckReport", "DedupeRefusedError", "check_index", "dedupe"]
@@ -67,8 +77,14 @@ def check_index(index_path: str | os.PathLike[str], filepath_column: str = "path
     -----
     The file is read as it is, without the lock: while writers append, the
     last row may be caught half-written and reported as a missing final
-    newline or an unterminated quote. Check a finished index, or run the
-    check again.
+    newline, an unterminated quote or an unfinished append. Check a finished
+    index, or run the check again.
+
+    What a write cut short left is reported too: the end of an append the
+    index's crash journal shows unfinished (left out of the counts, as
+    readers leave it out; the next write removes it), a last record with no
+    line end that cannot be a row (the next write moves it aside), and the
+    files such records were moved into (``NAME.incomplete-<time>``).
 
     Examples
     --------
@@ -86,10 +102,92 @@ def check_index(index_path: str | os.PathLike[str], filepath_column: str = "path
     """
     path = Path(index_path)
     try:
-        report, _ = inspect(Source(path), filepath_column, keep_spans=False)
+        report = _inspect_file(path, filepath_column)
+        _note_moved_aside(path, report)
     except OSError as e:
         raise IndexReadError(path, e) from e
     return report
+
+
+def _open_regular(path: str | os.PathLike[str]) -> int:
+    """Open ``path`` for reading; OSError unless it is a regular file.
+
+    Opening never waits: a FIFO (or a device) is refused, not read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _platform.O_BINARY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _inspect_file(path: Path, filepath_column: str) -> CheckReport:
+    """Inspect the regular file at ``path``, up to an append a crash cut short."""
+    fd = _open_regular(path)
+    try:
+        st = os.fstat(fd)
+        end = torn_append_start(read_journal(journal_path(os.path.realpath(path))), fd, st)
+        report, _ = inspect(
+            Source(path, fd=fd, size=st.st_size if end is None else end),
+            filepath_column,
+            keep_spans=False,
+        )
+    finally:
+        os.close(fd)
+    if end is not None:
+        report.problems.append(
+            f"the last {plural(st.st_size - end, 'byte')} are an append that was cut short "
+            "(the index's crash journal says so; unless a writer is adding them right now): "
+            "readers leave them out and the next write removes them"
+        )
+    return report
+
+
+#: The time stamp in the name of a file an incomplete record was moved into.
+_STAMP = "00000000T000000Z"
+_STAMP_RE = re.compile(r"\d{8}T\d{6}Z")
+
+
+def moved_aside(index_path: str | os.PathLike[str]) -> list[Path]:
+    """The files next to the index holding incomplete last records moved aside.
+
+    A writer that finds the index ending with a record that cannot be a row
+    (a write cut short, with no journal to undo it) moves those bytes into
+    ``NAME.incomplete-<UTC time>`` next to the index (a shortened name for a
+    name too long).
+    """
+    real = os.path.realpath(index_path)
+    directory, name = os.path.split(real)
+    probe = sidecar_name(name, f"incomplete-{_STAMP}", hidden=False, directory=directory)
+    prefix = probe[: -len(_STAMP)]
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return []
+    return sorted(
+        Path(directory, n)
+        for n in names
+        if n.startswith(prefix) and _STAMP_RE.fullmatch(n[len(prefix) :])
+    )
+
+
+def _note_moved_aside(path: Path, report: CheckReport) -> None:
+    found = moved_aside(path)
+    if not found:
+        return
+    shown = ", ".join(p.name for p in found[:3])
+    if len(found) > 3:
+        shown += f" and {len(found) - 3} more"
+    report.problems.append(
+        f"{plural(len(found), 'incomplete last record')} of this index (a write cut short) "
+        f"moved aside by writers into {shown}: look at them, then delete them"
+    )
 
 
 def index_columns(index_path: Path) -> list[str] | None:
@@ -109,7 +207,7 @@ def index_columns(index_path: Path) -> list[str] | None:
         The file cannot be read.
     """
     head = b""
-    with open(index_path, "rb") as f:
+    with open(_open_regular(index_path), "rb") as f:
         while len(head) < _HEADER_MAX:
             line = f.readline(_HEADER_MAX)
             head += line

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from ._check_scan import EXAMPLES, Groups, Reader, Source, Tally, repeated_hashes
 from ._errors import IndexWriterError
+from ._state import incomplete_tail
 from ._table import TableError
 
-__all__ = ["CheckReport", "DedupeRefusedError", "inspect"]
+__all__ = ["CheckReport", "DedupeRefusedError", "inspect", "plural"]
 
 
 @dataclass
@@ -134,8 +135,18 @@ def _block(report: CheckReport, problem: str) -> None:
     report.blocking.append(problem)
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``"1 row"``, ``"2 rows"``.
+
+    Examples
+    --------
+    >>> plural(1, "byte"), plural(0, "byte")
+    ('1 byte', '0 bytes')
+    """
     return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+_plural = plural
 
 
 def _lines(numbers: list[int], total: int) -> str:
@@ -151,11 +162,33 @@ def _show(value: str) -> str:
     return repr(value)
 
 
+def _incomplete(error: TableError, source: Source) -> str | None:
+    """The problem, if ``error`` is about a last record a write cut short."""
+    if source.fd < 0:
+        return None
+    start = incomplete_tail(error, source.fd, source.size)
+    if start is None:
+        return None
+    why = (
+        "its quoted field never closes"
+        if error.kind == "unclosed-quote"
+        else "it ends inside a UTF-8 character"
+    )
+    return (
+        f"incomplete last record ({_plural(source.size - start, 'byte')} from byte offset "
+        f"{start}, no line end): {why}, so a write was cut short there; readers leave it "
+        "out, and the next write moves it into a file next to the index"
+    )
+
+
 def _fatal(reading: Reader, source: Source) -> tuple[str, int]:
     """The problem that stopped reading, and the line where reading stopped."""
     error = reading.error
     if not isinstance(error, TableError):  # pragma: no cover - the scanner raises only these
         return f"malformed CSV: {error}", reading.lines
+    cut = _incomplete(error, source)
+    if cut is not None:
+        return cut, reading.lines
     line = error.line
     if error.kind == "not-utf8" and error.offset is not None:
         with source.open() as f:
@@ -262,7 +295,7 @@ def inspect(source: Source, filepath_column: str, keep_spans: bool) -> tuple[Che
     if reading.error is not None:
         problem, line = _fatal(reading, source)
         _block(report, problem)
-        if not problem.startswith("unterminated quote"):
+        if not problem.startswith(("unterminated quote", "incomplete last record")):
             stopped = (
                 f"reading stopped at line {line}: the counts and the other checks "
                 "cover only the rows before it"
