@@ -146,11 +146,6 @@ def test_names_too_long_for_a_lock_file_work_with_the_lock_elsewhere(
     assert not [n for n in names if n.endswith(".tmp")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_rows() opens the default lock file NAME.lock, whose name is too long: "
-    "ENAMETOOLONG is not taken as 'no lock file', and the read fails",
-)
 def test_reading_an_index_whose_lock_file_name_would_be_too_long(tmp_path: Path) -> None:
     limit = os.pathconf(tmp_path, "PC_NAME_MAX")
     index = tmp_path / _long_name(tmp_path, limit, "n")

@@ -43,13 +43,6 @@ def fuse_dir(tmp_path: Path) -> Iterator[Path]:
             _internals.close_all()  # writers keep files open: let it unmount at once
 
 
-_STALE = pytest.mark.xfail(
-    strict=True,
-    reason="the cached index descriptor's fstat in _open_for_write's fast path raises "
-    "ESTALE once the file was replaced, and every later write of the process fails",
-)
-
-
 def _write(w: IndexWriter, tag: str, i: int, rev: int = 0, replace: bool = False) -> str:
     p = entry_path(tag, i)
     w.write_entry(p, context_for(p, rev), replace_existing=replace)
@@ -66,7 +59,6 @@ def test_a_new_writer_for_each_write_survives_rewrites(fuse_dir: Path) -> None:
     check_index(index, exact=written)
 
 
-@_STALE
 def test_a_writer_goes_on_after_its_own_rewrite(fuse_dir: Path) -> None:
     index = fuse_dir / "index.csv"
     w = IndexWriter(index)
@@ -74,7 +66,6 @@ def test_a_writer_goes_on_after_its_own_rewrite(fuse_dir: Path) -> None:
     check_index(index, exact=written)
 
 
-@_STALE
 def test_a_writer_goes_on_after_another_process_rewrote_the_index(fuse_dir: Path) -> None:
     index = fuse_dir / "index.csv"
     w = IndexWriter(index)
@@ -88,7 +79,6 @@ def test_a_writer_goes_on_after_another_process_rewrote_the_index(fuse_dir: Path
     assert [r["path"] for r in w.read_rows()] == [first, "other", second]
 
 
-@_STALE
 def test_a_writer_goes_on_after_the_index_was_deleted(fuse_dir: Path) -> None:
     index = fuse_dir / "index.csv"
     w = IndexWriter(index)

@@ -532,11 +532,6 @@ def test_lock_file_errors_name_the_path_as_text(tmp_path: Path) -> None:
 # ------------------------------------------------------ what cannot be an index
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a FIFO is opened like a file: writes 'succeed' into the pipe (and leave a "
-    "journal next to it) instead of being refused",
-)
 def test_a_fifo_is_refused_as_an_index(tmp_path: Path) -> None:
     fifo = tmp_path / "index.csv"
     os.mkfifo(fifo)
@@ -558,11 +553,6 @@ def _read_fifo(path: str) -> str:
     return "read"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="read_rows() opens a FIFO without O_NONBLOCK and waits forever for a "
-    "writer of the pipe, whatever the timeout",
-)
 def test_reading_a_fifo_fails_at_once(tmp_path: Path) -> None:
     fifo = tmp_path / "index.csv"
     os.mkfifo(fifo)
@@ -583,12 +573,6 @@ def _latin1_index(tmp_path: Path, rows: int) -> tuple[Path, bytes]:
     return index, data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a byte that is not UTF-8 anywhere in the last line counts as a write cut "
-    "short (not only a cut multi-byte character at the very end): a reader of a large "
-    "file silently drops the rows decoded with it, a writer moves a whole row aside",
-)
 @pytest.mark.parametrize("rows", [3, 20_000])
 def test_a_latin1_last_row_is_refused_not_dropped(
     tmp_path: Path, rows: int, caplog: pytest.LogCaptureFixture

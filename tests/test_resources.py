@@ -138,12 +138,6 @@ def _two_spellings_then_other_indexes(root: str, others: int) -> None:
     os._exit(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lock file opened through two spellings is one LockFile registered under "
-    "both paths; closing it for one leaves it, marked closed, under the other, and "
-    "run_locked retries that forever (a busy hang that ignores the timeout)",
-)
 def test_lock_file_of_two_spellings_closed_for_one_of_them(tmp_path: Path) -> None:
     from _system import FORK
 
@@ -228,11 +222,6 @@ def test_an_error_inside_the_with_block_still_closes(tmp_path: Path) -> None:
         assert umount(mnt).returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="close() finds the index by its directory's current identity: after the "
-    "directory is removed or renamed, the index and journal descriptors stay open",
-)
 def test_close_after_the_directory_was_removed(tmp_path: Path) -> None:
     out = tmp_path / "out"
     w = IndexWriter(out / "index.csv")

@@ -100,11 +100,6 @@ def test_what_is_not_a_real_number_is_a_type_error(index: Path, timeout: Any) ->
     assert not index.parent.joinpath("index.csv.lock").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Decimal is a real number but not registered as numbers.Real: refused with "
-    "TypeError",
-)
 @pytest.mark.parametrize(("timeout", "kept"), [(Decimal("1.5"), 1.5), (Decimal("Infinity"), None)])
 def test_decimal_timeouts_are_real_numbers(index: Path, timeout: Decimal, kept: Any) -> None:
     w = IndexWriter(index, timeout=timeout)
@@ -112,10 +107,6 @@ def test_decimal_timeouts_are_real_numbers(index: Path, timeout: Decimal, kept: 
     w.write_entry("a", {"k": 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an int too large for a float raises a raw OverflowError in the constructor",
-)
 def test_an_integer_beyond_any_float_waits_forever_or_is_refused(index: Path) -> None:
     try:
         w = IndexWriter(index, timeout=10**400)

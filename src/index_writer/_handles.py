@@ -287,7 +287,7 @@ def lock_file_for(path: str) -> LockFile:
     exist yet gets one per spelling until it is opened.
     """
     lock = _lock_paths.get(path)
-    if lock is not None:
+    if lock is not None and not lock.evicted:
         return lock
     try:
         st = os.stat(path)
@@ -296,9 +296,12 @@ def lock_file_for(path: str) -> LockFile:
         identity = None
     with _guard:
         lock = _lock_files.get(identity) if identity is not None else None
-        if lock is None:
+        if lock is None or lock.evicted:
             lock = LockFile(path)
-        lock = _lock_paths.setdefault(path, lock)
+        current = _lock_paths.get(path)
+        if current is None or current.evicted:
+            _lock_paths[path] = lock
+        lock = _lock_paths[path]
     _evict(_lock_paths)
     return lock
 
@@ -337,11 +340,14 @@ def _evict(registry: dict[Any, Any]) -> None:
                 item.close()
             item.evicted = True  # a caller holding a reference resolves it again
             with _guard:
-                if registry.get(key) is item:
-                    del registry[key]
                 if isinstance(item, IndexSlot):
+                    if registry.get(key) is item:
+                        del registry[key]
                     for path in [p for p, (slot, _) in _resolved.items() if slot is item]:
                         del _resolved[path]
+                else:  # one lock file may be registered under several spellings
+                    for path in [p for p, lock in _lock_paths.items() if lock is item]:
+                        del _lock_paths[path]
         finally:
             item.mutex.release()
 
@@ -352,17 +358,17 @@ def close_slot(index: str, lock_path: str) -> None:
     Waits for a call in progress in another thread to finish. The next call
     opens them again.
     """
-    real = os.path.realpath(index)
-    try:
-        st = os.stat(os.path.dirname(real))
-    except OSError:
-        st = None
-    if st is not None:
-        slot = _slots.get((st.st_dev, st.st_ino, os.path.basename(real)))
-        if slot is not None:
-            with slot.mutex:
-                slot.close_files()
-                slot.state = None
+    hit = _resolved.get(index)  # found even if its directory was removed or renamed
+    slot = hit[0] if hit is not None else None
+    if slot is None:
+        real = os.path.realpath(index)
+        with contextlib.suppress(OSError):
+            st = os.stat(os.path.dirname(real))
+            slot = _slots.get((st.st_dev, st.st_ino, os.path.basename(real)))
+    if slot is not None:
+        with slot.mutex:
+            slot.close_files()
+            slot.state = None
     lock = _lock_paths.get(lock_path)
     if lock is not None:
         with lock.mutex:

@@ -45,6 +45,7 @@ __all__ = [
     "Journal",
     "Record",
     "append_record",
+    "cut_utf8_tail",
     "open_journal",
     "read_journal",
     "recover",
@@ -290,3 +291,36 @@ def recover(
     if record.op == "rewrite" or changed:
         journal.mark_done()
     return changed
+
+
+def cut_utf8_tail(fd: int, size: int) -> int | None:
+    """Where the last line starts, if the file ends in the middle of a UTF-8 character.
+
+    Only a lead byte followed by fewer continuation bytes than it announces,
+    at the very end of a last line that has no terminator, counts: what a
+    write cut inside a character leaves. None otherwise.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> fd, path = tempfile.mkstemp()
+    >>> _ = os.write(fd, "path\\na,\\u00e9\\nb,\\u00e9".encode()[:-1])
+    >>> cut_utf8_tail(fd, os.fstat(fd).st_size)
+    10
+    >>> os.close(fd); os.unlink(path)
+    """
+    if size == 0:
+        return None
+    tail = _files.pread_all(fd, min(size, 4), size - min(size, 4))
+    for back in range(1, min(len(tail), 3) + 1):
+        lead = tail[-back]
+        if 0x80 <= lead < 0xC0:
+            continue  # a continuation byte: look further back for the lead
+        need = 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if lead < 0xF5 else 0
+        if not (0xC2 <= lead < 0xF5) or back >= need:
+            return None  # ASCII, an invalid lead, or a complete character
+        lo = max(0, size - back - (1 << 16))
+        data = _files.pread_all(fd, size - back - lo, lo)
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        return lo + cut + 1 if cut >= 0 or lo == 0 else None
+    return None

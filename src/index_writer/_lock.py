@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from . import _handles, _platform
 from ._handles import IndexSlot, LockFile
-from ._journal import Journal, open_journal, read_journal, torn_append_start
+from ._journal import Journal, cut_utf8_tail, open_journal, read_journal, torn_append_start
 
 __all__ = ["RECHECK", "Session", "poll", "run_locked"]
 
@@ -280,10 +280,15 @@ def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
     slot = s.slot
     fd = slot.index_fd
     if fd >= 0 and slot.opened_via == s.path and _platform.try_lock(fd, True):
-        st = os.fstat(fd)
-        if st.st_nlink == 1 and slot.journal is not None:  # the usual case: still current
-            s.fd, s.st, s.journal = fd, st, slot.journal
-            return True
+        try:
+            st = os.fstat(fd)
+        except OSError as e:  # ESTALE: replaced on a network filesystem; reopen below
+            if e.errno not in (errno.ENOENT, errno.ESTALE):
+                raise
+        else:
+            if st.st_nlink == 1 and slot.journal is not None:  # the usual case: current
+                s.fd, s.st, s.journal = fd, st, slot.journal
+                return True
         _platform.unlock(fd)
     if slot.opened_via != s.path:  # another spelling (bind mount): open through ours
         slot.close_files()
@@ -311,6 +316,10 @@ def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
         _platform.unlock(fd)
         slot.close_files()
         slot.state = None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO, a device: no index can live there
+        _platform.unlock(fd)
+        slot.close_files()
+        raise OSError(errno.EINVAL, "not a regular file: an index must be a file", s.path)
     s.fd, s.st = fd, st
     if slot.journal is None:
         journal_fd, path = _open_journal(s.path, lock_path, st)
@@ -366,9 +375,13 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
     """
     slot = s.slot
     try:
-        lockfile = io.FileIO(lock_path, "r")
-    except (FileNotFoundError, PermissionError, IsADirectoryError):
-        pass
+        lockfile = _open_regular(lock_path)
+    except OSError as e:
+        # Missing, unreadable, a directory, or a name too long for any writer
+        # to have created: nothing to lock.
+        if e.errno not in (errno.ENOENT, errno.EACCES, errno.EISDIR, errno.ENAMETOOLONG,
+                           errno.ENOTDIR, errno.EINVAL):
+            raise
     else:
         files.append(lockfile)
         if not _platform.try_lock(lockfile.fileno(), False) and not _wait(
@@ -377,14 +390,11 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
             raise LockTimeout(_holder(lockfile.fileno(), slot))
     while True:
         try:
-            index = io.FileIO(s.path, "r")
+            index = _open_regular(s.path)
         except FileNotFoundError:
             return False
         files.append(index)
         fd = index.fileno()
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), s.path)
         if not _platform.try_lock(fd, False) and not _wait(fd, False, s.deadline):
             raise LockTimeout(_holder(fd, slot))
         try:
@@ -401,6 +411,9 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
         start = torn_append_start(read_journal(journal), fd, st)
         if start is not None:
             s.end = min(s.end, start)
+    cut = cut_utf8_tail(fd, s.end)  # a character cut by a crash, and no journal said so
+    if cut is not None:
+        s.end = cut
     return True
 
 
@@ -429,6 +442,26 @@ def _locks_unsupported(e: OSError, lock_path: str) -> OSError:
         "filesystem, or give lock_path on a filesystem that locks",
         lock_path,
     )
+
+
+def _open_regular(path: str) -> io.FileIO:
+    """Open ``path`` read-only, refusing at once what is not a regular file.
+
+    Opened without blocking, so a FIFO at the path does not wait for a
+    writer; a directory or a FIFO raises with the path named.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _platform.O_BINARY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return io.FileIO(fd, "r")
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    raise OSError(errno.EINVAL, "not a regular file: an index must be a file", path)
 
 
 def _holder(fd: int, slot: IndexSlot) -> str | None:

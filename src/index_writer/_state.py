@@ -361,23 +361,17 @@ def incomplete_tail(error: TableError, fd: int, size: int) -> int | None:
     """Where a provably incomplete last record starts, if ``error`` is about one.
 
     Provably incomplete: the file does not end with a line terminator, and
-    the last record cannot be a row -- its quote never closes, or its last
-    bytes are not whole UTF-8. Such bytes are what a write cut short leaves;
-    no program writes them on purpose. None for any other error.
+    the last record cannot be a row -- its quote never closes, or the file
+    ends in the middle of a UTF-8 character. Such bytes are what a write cut
+    short leaves; no program writes them on purpose. None for any other
+    error (a byte that is not UTF-8 elsewhere is a malformed file, refused).
     """
     if size == 0 or _platform.pread(fd, 1, size - 1) in (b"\n", b"\r"):
         return None
     if error.kind == "unclosed-quote" and error.start is not None:
         return error.start
-    if error.kind == "not-utf8" and error.offset is not None:
-        lo = max(0, error.offset - (1 << 16))
-        data = _files.pread_all(fd, size - lo, lo)
-        bad = error.offset - lo
-        if b"\n" in data[bad:] or b"\r" in data[bad:]:
-            return None  # not in the last line
-        cut = max(data.rfind(b"\n", 0, bad), data.rfind(b"\r", 0, bad))
-        if cut >= 0 or lo == 0:
-            return lo + cut + 1
+    if error.kind == "not-utf8":
+        return _journal.cut_utf8_tail(fd, size)
     return None
 
 

@@ -18,6 +18,7 @@ whole-file rewrites are schema changes and real replacements.
 from __future__ import annotations
 
 import csv
+import decimal
 import errno
 import logging
 import math
@@ -518,9 +519,14 @@ def _check_timeout(timeout: object) -> float | None:
     """``timeout`` as seconds (None: forever); TypeError/ValueError if it is not one."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+    if isinstance(timeout, bool) or not isinstance(timeout, (numbers.Real, decimal.Decimal)):
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
-    seconds = float(timeout)
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an integer beyond any float: longer than forever
+        seconds = math.inf
+    except ValueError:  # a signalling Decimal NaN
+        seconds = math.nan
     if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
     return None if math.isinf(seconds) else seconds
