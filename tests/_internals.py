@@ -159,7 +159,7 @@ def journal_pending(index: str | os.PathLike[str]) -> bool:
 def write_journal(index: str, record: bytes, payload: bytes = b"") -> None:
     """Leave ``record`` in ``index``'s journal, as a writer killed mid-change does."""
     path = journal_path(index)
-    fd = _journal.open_journal(path, None)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         # Overwritten in place, as writers do: a longer earlier record's tail stays.
         _journal.Journal(fd, path).write(record, False, payload)

@@ -105,12 +105,6 @@ def test_owner_group_and_mode_survive_roots_rewrites(mode: int) -> None:
         assert not [n for n in os.listdir(data) if n.endswith(".tmp")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="root, first to use an index someone else made, creates NAME.lock and "
-    ".NAME.journal as its own (0644/0640): the owner may no longer write either, so "
-    "the owner's next append fails with Permission denied",
-)
 def test_owner_appends_after_root_was_first_to_use_the_index() -> None:
     """The owner made the index by hand (or with a tool that leaves no lock file)."""
     need_root()
@@ -153,13 +147,6 @@ def _owner_shares_the_index(index: str) -> None:
     os.chmod(index + ".lock", 0o664)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the journal is created with the index's mode minus the umask and is not "
-    "kept in step with it: a group member who may write the index may not open the "
-    "owner's journal, keeps another one next to the lock file, and nobody else looks "
-    "there: the append a kill cut short stays",
-)
 def test_an_append_a_group_member_left_cut_short_is_undone_by_the_owner() -> None:
     need_root()
     with shared_directory() as shared:

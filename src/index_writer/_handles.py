@@ -94,6 +94,7 @@ class IndexSlot:
         "last_used",
         "mutex",
         "opened_via",
+        "other_journal",
         "path",
         "state",
     )
@@ -107,6 +108,7 @@ class IndexSlot:
         self.index_fd = -1
         self.journal_fd = -1
         self.journal: Journal | None = None
+        self.other_journal = ""  # where a journal of this index may be kept, if not ours
         self.state: IndexState | None = None
         self.last_used = next(_clock)
         self.evicted = False
@@ -129,13 +131,24 @@ class LockFile:
     ``lockf`` lock med-imagetools takes, so the two exclude each other.
     """
 
-    __slots__ = ("_ipl", "checked", "evicted", "fd", "identity", "last_used", "mutex", "path")
+    __slots__ = (
+        "_ipl",
+        "checked",
+        "created",
+        "evicted",
+        "fd",
+        "identity",
+        "last_used",
+        "mutex",
+        "path",
+    )
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.mutex = threading.RLock()
         self._ipl = fasteners.InterProcessLock(path)
         self.fd = -1  # the open lock file's descriptor, -1 when closed
+        self.created = False  # this process made the file (its owner is set once known)
         self.identity: tuple[int, int] | None = None
         self.checked = 0.0  # time.monotonic() of the last check that it is still at its path
         self.last_used = next(_clock)
@@ -143,6 +156,7 @@ class LockFile:
 
     def open_and_try(self) -> bool:
         """Open (creating the file and its directory) and try the lock once."""
+        self.created = not os.path.lexists(self.path)
         try:
             got = bool(self._ipl.acquire(blocking=False))
         except threading.ThreadError as e:  # fasteners wraps what is not "busy"

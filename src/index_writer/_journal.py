@@ -46,7 +46,6 @@ __all__ = [
     "Record",
     "append_record",
     "cut_utf8_tail",
-    "open_journal",
     "read_journal",
     "recover",
     "rewrite_record",
@@ -165,16 +164,6 @@ class Journal:
             logger.warning("could not update the crash journal %s: %s", self.path, e)
 
 
-def open_journal(path: str, like: os.stat_result | None) -> int:
-    """Open (creating if needed) the journal at ``path`` for reading and writing.
-
-    A new journal gets the permission bits of ``like`` (the index), so every
-    user who may write the index may write its journal.
-    """
-    mode = 0o666 if like is None else (like.st_mode & 0o666)
-    return os.open(path, os.O_RDWR | os.O_CREAT | _platform.O_BINARY, mode)
-
-
 def read_journal(path: str) -> Record | None:
     """The unfinished operation in the journal at ``path``, read-only; None if none."""
     try:
@@ -257,14 +246,16 @@ def _is_ours(fd: int, start: int, size: int, head: bytes, crcs: list[int]) -> bo
 
 
 def recover(
-    journal: Journal, record: Record | None, index_fd: int, st: os.stat_result, where: str
+    journal: Journal | None, record: Record | None, index_fd: int, st: os.stat_result,
+    where: str,
 ) -> bool:
     """Undo what a writer that died with the lock left unfinished.
 
-    ``record`` is what ``journal`` holds (:meth:`Journal.read`), ``index_fd``
-    the index, open for writing, and ``st`` its ``fstat``. A torn append is
-    truncated away; a rewrite's temporary file is removed. Returns whether
-    the index itself changed.
+    ``record`` is what ``journal`` holds (:meth:`Journal.read`; ``journal``
+    None: read from a journal this process may not write, left as it is),
+    ``index_fd`` the index, open for writing, and ``st`` its ``fstat``. A
+    torn append is truncated away; a rewrite's temporary file is removed.
+    Returns whether the index itself changed.
     """
     if record is None:
         return False
@@ -288,7 +279,7 @@ def recover(
             pass
         except OSError as e:
             logger.warning("could not remove %s, left by a crashed rewrite: %s", temp, e)
-    if record.op == "rewrite" or changed:
+    if journal is not None and (record.op == "rewrite" or changed):
         journal.mark_done()
     return changed
 

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from . import _handles, _platform
 from ._handles import IndexSlot, LockFile
-from ._journal import Journal, cut_utf8_tail, open_journal, read_journal, torn_append_start
+from ._journal import Journal, cut_utf8_tail, read_journal, torn_append_start
 
 __all__ = ["RECHECK", "Session", "poll", "run_locked"]
 
@@ -194,7 +194,7 @@ def run_locked(
                         and time.monotonic() - lock.checked < RECHECK
                     ):
                         _lock_lock_file(lock, slot, deadline)
-                    if not _open_for_write(s, lock_path, create):
+                    if not _open_for_write(s, lock, lock_path, create):
                         return step(None)
                 elif not _open_for_read(s, lock_path, reader_files):
                     return step(None)
@@ -271,7 +271,7 @@ def _lock_lock_file(lock: LockFile, slot: IndexSlot, deadline: float | None) -> 
         lock.close()
 
 
-def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
+def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) -> bool:
     """Open (or reuse) the index for appending and lock it; False if missing.
 
     Also opens the journal. A cached descriptor whose file was replaced
@@ -316,6 +316,12 @@ def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
         _platform.unlock(fd)
         slot.close_files()
         slot.state = None
+    if lock.created and stat.S_ISREG(st.st_mode):
+        # We made the lock file: every user who may write the index must be
+        # able to lock it (root running a maintenance job, say).
+        lock.created = False
+        with contextlib.suppress(OSError):
+            _platform.copy_ownership(lock.fd, st)
     if not stat.S_ISREG(st.st_mode):  # a FIFO, a device: no index can live there
         _platform.unlock(fd)
         slot.close_files()
@@ -325,6 +331,8 @@ def _open_for_write(s: Session, lock_path: str, create: bool) -> bool:
         journal_fd, path = _open_journal(s.path, lock_path, st)
         slot.journal_fd, slot.journal_path = journal_fd, path
         slot.journal = Journal(journal_fd, path)
+        others = {journal_path(s.path), journal_path(lock_path)} - {path}
+        slot.other_journal = others.pop() if others else ""
     s.journal = slot.journal
     return True
 
@@ -333,19 +341,44 @@ def _open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, 
     """Open the index's crash journal: next to the index, else next to the lock file.
 
     The journal belongs next to the index, where every writer finds it
-    whatever lock file it uses. A writer that may not create files in the
-    index's directory (while the journal does not exist yet) keeps it next
-    to its lock file instead, whose directory it can write.
+    whatever lock file it uses; a writer that may not create files in the
+    index's directory keeps it next to its lock file instead. An existing
+    journal in either place wins, so all writers converge on one. A new one
+    gets the index's permission bits (and, made by root, its owner), so every
+    user who may write the index may write its journal.
     """
-    path = _handles.journal_path(index)
-    try:
-        return open_journal(path, st), path
-    except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        fallback = _handles.journal_path(os.path.realpath(lock_path))
-        logger.debug("cannot create %s (%s); keeping the journal in %s", path, e, fallback)
-        return open_journal(fallback, st), fallback
+    places = (journal_path(index), journal_path(lock_path))
+    for path in places:
+        try:
+            return os.open(path, os.O_RDWR | _platform.O_BINARY), path
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            # Made by a user whose journal we may not write (the index's mode
+            # changed since): keep ours in the other place; recovery reads both.
+            if path == places[-1]:
+                raise
+            logger.debug("cannot open %s for writing; trying next to the lock file", path)
+    for path in places:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _platform.O_BINARY, 0o600)
+        except FileExistsError:
+            if path == places[0]:
+                continue  # there, but not ours to write (see above): the other place
+            return os.open(path, os.O_RDWR | _platform.O_BINARY), path
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or path == places[-1]:
+                raise
+            logger.debug("cannot create %s (%s); trying next to the lock file", path, e)
+            continue
+        _platform.copy_ownership(fd, st)
+        return fd, path
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def journal_path(path: str) -> str:
+    """The journal file that belongs next to ``path`` (an index or a lock file)."""
+    return _handles.journal_path(os.path.realpath(path))
 
 
 def _open_index(path: str, create: bool) -> tuple[int, bool]:
@@ -407,7 +440,7 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
     st = os.fstat(fd)
     s.fd, s.st = fd, st
     s.end = st.st_size
-    for journal in {_handles.journal_path(s.path), slot.journal_path}:
+    for journal in {journal_path(s.path), journal_path(lock_path)}:
         start = torn_append_start(read_journal(journal), fd, st)
         if start is not None:
             s.end = min(s.end, start)
@@ -451,13 +484,11 @@ def _open_regular(path: str) -> io.FileIO:
     writer; a directory or a FIFO raises with the path named.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _platform.O_BINARY)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISREG(mode):
-            return io.FileIO(fd, "r")
-    except BaseException:
-        os.close(fd)
-        raise
+    # No handler closes ``fd`` here: an interrupt after the FileIO took it
+    # would close it twice (and maybe another file that reused the number).
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return io.FileIO(fd, "r")
     os.close(fd)
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)

@@ -213,7 +213,13 @@ def recover(s: Session) -> _journal.Record | None:
     """
     assert s.journal is not None and s.st is not None
     record = s.journal.read()
-    if _journal.recover(s.journal, record, s.fd, s.st, s.path):
+    changed = _journal.recover(s.journal, record, s.fd, s.st, s.path)
+    other = s.slot.other_journal
+    if not changed and other and not _explained_by(record, s.st):
+        # The end of the file is not our journal's doing: a writer that could
+        # not use ours may have kept its journal in the other place.
+        changed = _journal.recover(None, _journal.read_journal(other), s.fd, s.st, s.path)
+    if changed:
         s.st = os.fstat(s.fd)
         s.slot.state = None
     return record
