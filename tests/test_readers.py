@@ -403,11 +403,6 @@ def test_reading_an_index_without_lock_file_or_journal_creates_neither(tmp_path:
     assert listing(tmp_path) == ["index.csv"]
 
 
-_DEDUPE_LEAVES = pytest.mark.xfail(
-    strict=True,
-    reason="check --dedupe of a malformed index takes the lock (creating NAME.lock and "
-    ".NAME.journal) before it finds the problem and refuses",
-)
 _NOT_INDEXES = {
     "missing.csv": None,
     "a_directory": "dir",
@@ -421,9 +416,7 @@ _NOT_INDEXES = {
 @pytest.mark.parametrize(
     ("name", "argv"),
     [
-        pytest.param(name, argv, marks=[_DEDUPE_LEAVES] if (
-            argv == ["check", "--dedupe"] and name in ("latin1.csv", "quote.csv")
-        ) else [])
+        (name, argv)
         for name in _NOT_INDEXES
         for argv in (["show"], ["check"], ["check", "--dedupe"])
     ],
@@ -516,11 +509,6 @@ def test_permission_errors_name_the_index(mode: int, action: str) -> None:
         assert listing(data) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lock file errors come from fasteners, which turns the path into bytes "
-    "(b'/...'), and a regular file where a directory should be reads 'File exists'",
-)
 def test_lock_file_errors_name_the_path_as_text(tmp_path: Path) -> None:
     f = tmp_path / "file"
     f.write_text("x")

@@ -652,3 +652,9 @@ def test_quoted_rows_appended_by_another_process_survive_a_rewrite(index: Path) 
     w.write_entry("e", {"v": "5", "new": "column"})  # a rewrite
     assert [r["path"] for r in w.read_rows()] == ["a", "b", "c", "d", "e"]
     assert w.read_rows()[2]["v"] == 'x,"y"\r\nz'
+
+
+@pytest.mark.parametrize("kwargs", [{"index_path": ""}, {"index_path": "i.csv", "lock_path": ""}])
+def test_empty_index_or_lock_path_is_refused(kwargs: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="must not be empty"):
+        IndexWriter(**kwargs)

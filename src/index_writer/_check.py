@@ -218,7 +218,11 @@ def index_columns(index_path: Path) -> list[str] | None:
 
 
 def _refuse_before_locking(path: Path, filepath_column: str) -> None:
-    """Refuse a file whose header shows it is no index, before the lock creates files."""
+    """Refuse a file that is no index, or malformed, before the lock creates files.
+
+    Only what a write cut short left (an incomplete last record, which the
+    writer's recovery under the lock moves aside) does not stop it here.
+    """
     try:
         columns = index_columns(path)
     except csv.Error:
@@ -227,6 +231,9 @@ def _refuse_before_locking(path: Path, filepath_column: str) -> None:
         raise IndexReadError(path, e) from e
     if columns is not None and filepath_column not in columns:
         raise DedupeRefusedError(check_index(path, filepath_column))
+    report = check_index(path, filepath_column)
+    if any(not p.startswith("incomplete last record") for p in report.blocking):
+        raise DedupeRefusedError(report)
 
 
 def dedupe(

@@ -126,7 +126,7 @@ def _replace(
     like = os.fstat(fd)
     temp = _files.new_temp_name(index)
     journal.write(rewrite_record(temp), durable)
-    os.utime(fd)  # others see a change, and so read the journal
+    _platform.touch(fd, index)  # others see a change, and so read the journal
     try:
         return _files.replace(index, temp, chunks, like, durable)
     finally:

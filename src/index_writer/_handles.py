@@ -25,9 +25,11 @@ empty registries (see :func:`_reset_after_fork`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import os
+import stat
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -161,12 +163,20 @@ class LockFile:
             got = bool(self._ipl.acquire(blocking=False))
         except threading.ThreadError as e:  # fasteners wraps what is not "busy"
             if isinstance(e.__context__, OSError):
-                raise e.__context__ from None
+                raise self._named(e.__context__) from None
             raise
+        except OSError as e:
+            raise self._named(e) from None
         self.fd = int(self._ipl.lockfile.fileno())
         st = os.fstat(self.fd)
         self._note_identity((st.st_dev, st.st_ino))
         return got
+
+    def _named(self, e: OSError) -> OSError:
+        """``e`` naming our path as text (fasteners names it as bytes)."""
+        if isinstance(e.filename, bytes):
+            return type(e)(e.errno, e.strerror, os.fsdecode(e.filename))
+        return e
 
     def still_at_path(self) -> bool:
         """Whether the file we have open is still the one at our path."""
@@ -275,6 +285,8 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
             return None
         os.makedirs(directory, exist_ok=True)
         st = os.stat(directory)
+    if not stat.S_ISDIR(st.st_mode):  # a file where the index's directory should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory)
     key = (st.st_dev, st.st_ino, os.path.basename(real))
     slot = _slots.get(key)
     if slot is None:

@@ -26,6 +26,7 @@ __all__ = [
     "pwrite",
     "register_after_fork",
     "same_file",
+    "touch",
     "try_lock",
     "unlock",
 ]
@@ -61,6 +62,18 @@ def name_max(directory: str) -> int:
         return int(os.pathconf(directory, "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):  # pragma: no cover - Windows, odd mounts
         return 255
+
+
+def touch(fd: int, path: str) -> None:
+    """Set the modification time of the file open as ``fd`` (at ``path``) to now.
+
+    Through the descriptor where the platform can (POSIX); by path otherwise
+    (Windows, where :func:`os.utime` takes no descriptor).
+    """
+    if os.utime in os.supports_fd:
+        os.utime(fd)
+    else:  # pragma: no cover - not run on Linux CI
+        os.utime(path)
 
 
 def fsync_directory(path: str) -> None:

@@ -90,7 +90,8 @@ class IndexWriter:
     Raises
     ------
     ValueError
-        ``lock_path`` is the index itself, or ``timeout`` is negative or NaN.
+        A path is empty, ``lock_path`` is the index itself, or ``timeout``
+        is negative or NaN.
     TypeError
         A path is not a str or os.PathLike, or ``timeout`` is not a number.
 
@@ -129,6 +130,9 @@ class IndexWriter:
         timeout: float | None = None,
         durable: bool = False,
     ) -> None:
+        for what, value in (("index_path", index_path), ("lock_path", lock_path)):
+            if value is not None and not as_path_str(value, what):
+                raise ValueError(f"{what} must not be empty")
         self.index_path: Path = Path(as_path_str(index_path, "index_path"))
         self.lock_path: Path = (
             Path(as_path_str(lock_path, "lock_path"))
@@ -473,7 +477,7 @@ def replace_contents(
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), writer._index)
         assert s.journal is not None and s.st is not None
         phase.reading = True
-        _state.recover(s)
+        _state.refresh(s, None)  # undo what a crash left, and check the file as writers do
         phase.reading = False
         _refuse_hard_links(s)
         try:
