@@ -324,11 +324,6 @@ def test_a_50_mb_value_of_many_lines_reads_and_rewrites_in_bounded_time_and_memo
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pure-Python parser used for fields over csv.field_size_limit keeps one "
-    "string per doubled quote: a quote-rich value takes ~20x its size in memory",
-)
 def test_a_5_mb_value_full_of_quotes_reads_and_rewrites_in_bounded_memory(
     tmp_path: Path,
 ) -> None:

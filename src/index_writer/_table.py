@@ -364,24 +364,22 @@ def _py_records(lines: Iterator[str]) -> Iterator[list[str]]:
         fields: list[str] = []
         while True:
             if pos < n and line[pos] == '"':
-                parts: list[str] = []
+                parts: list[str] = []  # the field's text, doubled quotes still doubled
                 pos += 1
                 while True:
-                    q = line.find('"', pos)
-                    if q < 0:
-                        parts.append(line[pos:])
-                        nxt = next(lines, None)
-                        if nxt is None:
-                            raise csv.Error("unexpected end of data")
-                        line, n, pos = nxt, len(nxt), 0
-                    elif q + 1 < n and line[q + 1] == '"':
-                        parts.append(line[pos : q + 1])
-                        pos = q + 2
-                    else:
-                        parts.append(line[pos:q])
-                        pos = q + 1
+                    end = line.find('"', pos)
+                    while 0 <= end < n - 1 and line[end + 1] == '"':  # doubled: skip it
+                        end = line.find('"', end + 2)
+                    if end >= 0:  # a quote that is not doubled: the closing one
+                        parts.append(line[pos:end])
+                        pos = end + 1
                         break
-                fields.append("".join(parts))
+                    parts.append(line[pos:])
+                    nxt = next(lines, None)
+                    if nxt is None:
+                        raise csv.Error("unexpected end of data")
+                    line, n, pos = nxt, len(nxt), 0
+                fields.append("".join(parts).replace('""', '"'))
                 if pos >= n or line[pos] in "\r\n":
                     break
                 if line[pos] != ",":
@@ -493,10 +491,17 @@ def skim(
     """
     last_eol = ""
     carry = b""
+    pending: list[bytes] = []  # blocks of a line longer than a block, joined once it ends
     start, pos = offset, stream.tell()  # the stream's positions need not be file offsets
     while True:
         block = stream.read(_SKIM_BLOCK)
-        data = carry + block
+        if block and b"\n" not in block:
+            if b'"' in block:
+                break  # a quoted value: not plain, whatever else the line holds
+            pending.append(block)
+            continue
+        data = b"".join([carry, *pending, block])
+        pending = []
         if not block:
             # At the end: a last line without a terminator.
             if data and _plain(data, ncols):
@@ -505,9 +510,6 @@ def skim(
                 offset, line, last_eol = offset + len(data), line + 1, ""
             break
         cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            carry = data
-            continue
         whole, carry = data[:cut], data[cut:]
         if not _plain(whole, ncols):
             break
