@@ -254,6 +254,7 @@ class Results:
     rss: dict[str, dict[str, Any]] = field(default_factory=dict)
     demo: dict[tuple[str, int], Sample] = field(default_factory=dict)
     demo_rows: dict[tuple[str, int], list[tuple[int, int]]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # contention, syscalls, latency, tools
 
 
 def log(msg: str) -> None:
@@ -351,12 +352,18 @@ def bench_batch(cfg: Config, work: Path, res: Results) -> None:
     n = cfg.batch_rows
     contexts = make_contexts(n)
     entries = [(f"output/batch_{i}.nii.gz", contexts[i]) for i in range(n)]
+    impls = ["index-writer", "floor", "csv.DictWriter"]
     for rep in range(cfg.batch_repeats):
-        for impl in (["index-writer", "floor"] if rep % 2 == 0 else ["floor", "index-writer"]):
+        for impl in impls[rep % 3 :] + impls[: rep % 3]:
             index = work / f"batch-{impl}-{rep}.csv"
             t0 = time.perf_counter()
             if impl == "index-writer":
                 IndexWriter(index).write_entries(entries)
+            elif impl == "csv.DictWriter":  # the standard library, no lock: a reference
+                with open(index, "w", newline="", encoding="utf-8") as f:
+                    dw = csv.DictWriter(f, fieldnames=list(COLUMNS))
+                    dw.writeheader()
+                    dw.writerows({"path": p, **c} for p, c in entries)
             else:
                 lines = ["path,subject_id,modality,timestamp,quality_score\n"]
                 lines += [
@@ -535,6 +542,68 @@ def bench_demo(cfg: Config, work: Path, res: Results, src: str | None) -> None:
 # ------------------------------------------------------------- reporting
 
 
+# ------------------------------------------------------ e. many writers
+
+
+def bench_contention(cfg: Config, res: Results) -> None:
+    """Many writer processes at once, against SQLite WAL and the floor (contention.py)."""
+    import contention
+
+    settings = contention.QUICK if cfg is QUICK else contention.FULL
+    log(f"contention: {settings.writes} writes per process, {settings.repeats} repeats")
+    res.extra["contention"] = contention.run(settings, log=log)
+    log("contention:\n" + contention.table(res.extra["contention"]))
+
+
+# ------------------------------------- f. system calls and a slow filesystem
+
+
+def bench_script(name: str, args: list[str], res: Results) -> None:
+    """Run ``benchmarks/NAME.py ARGS --json`` and keep its JSON (or why it could not run)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "out.json"
+        cmd = [sys.executable, str(HERE / f"{name}.py"), *args, "--json", str(out)]
+        log(f"{name}: {' '.join(cmd[1:])}")
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if r.returncode == 0 and out.exists():
+            res.extra[name] = json.loads(out.read_text())
+        else:
+            why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1]
+            res.extra[name] = {"not_measured": why}
+            log(f"{name}: not measured: {why}")
+
+
+# ------------------------------------------- g. the command's whole-file tools
+
+
+def bench_tools(cfg: Config, work: Path, res: Results) -> None:
+    """Peak memory and time of ``index-writer show`` and ``check`` on the large index."""
+    index = work / "tools.csv"
+    prefill(index, cfg.rss_rows)
+    size_mb = index.stat().st_size / 2**20
+    results = []
+    probe = (
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, check=True)\n"
+        "print(time.perf_counter() - t, "
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+    )
+    for command in (["show", "--format", "csv"], ["check"]):
+        argv = [sys.executable, "-m", "index_writer", command[0], str(index), *command[1:]]
+        r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
+                           text=True, check=False)
+        if r.returncode != 0:
+            raise SystemExit(f"index-writer {command[0]} failed: {r.stderr.strip()[-300:]}")
+        seconds, peak = map(float, r.stdout.split())
+        results.append({"command": " ".join(command), "rows": cfg.rss_rows,
+                        "file_mb": round(size_mb, 1), "peak_mb": round(peak, 1),
+                        "seconds": round(seconds, 3)})
+        log(f"index-writer {' '.join(command)}: {peak:.0f} MB peak, {seconds:.2f} s")
+    res.extra["tools"] = results
+    index.unlink()
+
+
 def machine_facts() -> dict[str, Any]:
     """The machine, the software and the load, for the JSON's ``machine``."""
     cpu = platform.processor() or platform.machine()
@@ -639,6 +708,7 @@ def results_json(
             }
             for (impl, entries), s in res.demo.items()
         ],
+        **res.extra,
     }
 
 
@@ -677,7 +747,11 @@ def main(argv: list[str] | None = None) -> int:
         bench_sequential(cfg, work, res, src is not None)
         bench_batch(cfg, work, res)
         bench_rss(cfg, work, res, src)
+        bench_tools(cfg, work, res)
         bench_demo(cfg, work, res, src)
+        bench_contention(cfg, res)
+        bench_script("syscalls", ["--quick"] if args.quick else [], res)
+        bench_script("latency", ["--quick"] if args.quick else [], res)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
