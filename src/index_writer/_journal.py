@@ -306,7 +306,7 @@ def cut_utf8_tail(fd: int, size: int) -> int | None:
     for back in range(1, min(len(tail), 3) + 1):
         lead = tail[-back]
         if 0x80 <= lead < 0xC0:
-            continue  # a continuation byte: look further back for the lead
+            continue  # a continuation byte: look further back for its lead byte
         need = 2 if 0xC2 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if lead < 0xF5 else 0
         if not (0xC2 <= lead < 0xF5) or back >= need:
             return None  # ASCII, an invalid lead, or a complete character
