@@ -38,17 +38,23 @@ def as_path_str(path: object, what: str) -> str:
 
 
 def _make_row(path: object, context: object, filepath_column: str) -> Row:
-    p = as_path_str(path, "path")
+    p = path if type(path) is str else as_path_str(path, "path")
     if not p:
         raise ValueError("path must not be empty: there is no file to record")
-    if not isinstance(context, Mapping):
+    if type(context) is not dict and not isinstance(context, Mapping):
         raise TypeError(
             "context must be a mapping of column name to value, "
             f"not {type(context).__name__}"
         )
     row = {filepath_column: p}
+    if filepath_column not in context:  # the usual case: one check for all the keys
+        for key, value in context.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise TypeError(f"context keys are column names and must be str, got {key!r}")
+            row[key] = value if type(value) is str else ("" if value is None else str(value))
+        return row
     for key, value in context.items():
-        if not isinstance(key, str):
+        if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"context keys are column names and must be str, got {key!r}")
         text = value if type(value) is str else ("" if value is None else str(value))
         if key == filepath_column:
@@ -87,7 +93,8 @@ def prepare(entries: Iterable[Any], filepath_column: object) -> list[Row]:
         )
     if not filepath_column:
         raise ValueError("filepath_column must not be empty")
-    rows = []
+    rows: list[Row] = []
+    add, make = rows.append, _make_row
     for item in entries:
         try:
             path, context = item
@@ -95,7 +102,7 @@ def prepare(entries: Iterable[Any], filepath_column: object) -> list[Row]:
             raise TypeError(
                 f"entries must be (path, context) pairs, got {item!r}"
             ) from None
-        rows.append(_make_row(path, context, filepath_column))
+        add(make(path, context, filepath_column))
     return rows
 
 

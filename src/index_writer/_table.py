@@ -32,6 +32,7 @@ __all__ = [
     "TableError",
     "eol_of",
     "format_row",
+    "format_rows",
     "read_header",
     "skim",
     "too_wide",
@@ -158,6 +159,23 @@ def format_row(values: Sequence[str], eol: str) -> str:
         )
         + eol
     )
+
+
+def format_rows(records: Sequence[Sequence[str]], eol: str) -> list[str]:
+    """:func:`format_row` for many records, with one check for the whole batch.
+
+    Most batches hold no value that needs quotes: one search over all their
+    text tells, and the records are then joined with commas directly.
+
+    Examples
+    --------
+    >>> format_rows([("a.nii", "1"), ("b.nii", "x,y")], "\\n")
+    ['a.nii,1\\n', 'b.nii,"x,y"\\n']
+    """
+    plain = not _NEEDS_QUOTES.search("".join(map("".join, records)))
+    if plain and all(len(r) > 1 or r[0] for r in records):
+        return [text + eol for text in map(",".join, records)]
+    return [format_row(r, eol) for r in records]
 
 
 def eol_of(line: str) -> str:
