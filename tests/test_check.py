@@ -393,8 +393,10 @@ def test_check_memory_is_bounded_by_the_row_not_the_file(tmp_path: Path) -> None
     )
     count, duplicates, growth_kb = map(int, r.stdout.split())
     assert (count, duplicates) == (rows + 1, 1)
-    # 8 bytes a row for the path hashes plus a 4-byte-a-row bitmap: about 4 MB.
-    assert growth_kb < size_kb // 3, f"peak grew by {growth_kb} KB for a {size_kb} KB file"
+    # 8 bytes a row for the path hashes plus a 4-byte-a-row bitmap: about 4 MB,
+    # and the interpreter's own allocations around it: well under half the file
+    # (reading the file whole would be more than all of it).
+    assert growth_kb < size_kb // 2, f"peak grew by {growth_kb} KB for a {size_kb} KB file"
 
 
 def test_blank_lines_longer_than_a_read_block(tmp_path: Path) -> None:
