@@ -87,6 +87,10 @@ def _row(path: str, ctx: dict[str, Any]) -> bytes:
 # --------------------------------------------------------------- writers
 # Each returns a function writing entry i (one per thread) and a closer.
 
+#: Excludes the threads of one process for the file-lock references: POSIX
+#: locks belong to the process, so they do not (index-writer has its own).
+_THREADS = threading.Lock()
+
 
 def _ours(path: str, replace: bool) -> Callable[[], tuple[Callable[[str, int], None], Any]]:
     def make() -> tuple[Callable[[str, int], None], Any]:
@@ -115,11 +119,10 @@ def _floor(path: str, replace: bool) -> Callable[[], tuple[Callable[[str, int], 
     def make() -> tuple[Callable[[str, int], None], Any]:
         lock = fasteners.InterProcessLock(path + ".lock")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        guard = threading.Lock()  # fasteners' lock does not exclude threads
 
         def write(p: str, i: int) -> None:
             row = _row(p, context(i))
-            with guard, lock:
+            with _THREADS, lock:
                 os.write(fd, row)
         return write, lambda: os.close(fd)
     return make
@@ -129,11 +132,10 @@ def _lockf(path: str, replace: bool) -> Callable[[], tuple[Callable[[str, int], 
     def make() -> tuple[Callable[[str, int], None], Any]:
         lfd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        guard = threading.Lock()
 
         def write(p: str, i: int) -> None:
             row = _row(p, context(i))
-            with guard:
+            with _THREADS:
                 fcntl.lockf(lfd, fcntl.LOCK_EX)
                 try:
                     os.write(fd, row)
@@ -175,11 +177,17 @@ def _worker(impl: str, path: str, proc: int, threads: int, writes: int, ready: A
     make = MAKERS[impl](path)
     per_thread = writes // threads
 
+    failed: list[BaseException] = []
+
     def run(t: int) -> None:
-        write, close = make()
-        for i in range(per_thread):
-            write(f"out/p{proc}t{t}/file_{i}.nii.gz", i)
-        close()
+        try:
+            write, close = make()
+            for i in range(per_thread):
+                write(f"out/p{proc}t{t}/file_{i}.nii.gz", i)
+            close()
+        except BaseException as e:
+            failed.append(e)
+            raise
 
     ready.release()
     go.wait()
@@ -191,6 +199,8 @@ def _worker(impl: str, path: str, proc: int, threads: int, writes: int, ready: A
         th.start()
     for th in pool:
         th.join()
+    if failed:
+        os._exit(1)  # a thread failed: the measurement is void
 
 
 def measure(impl: str, procs: int, threads: int, writes: int) -> tuple[float, float, float]:

@@ -185,10 +185,10 @@ def bench(cfg: Config, mount: Path, source: Path, src: str | None) -> dict[str, 
     original_note = ""
     if src:
         for size in cfg.sizes:
-            index = source / "calibrate.csv"
+            index = mount / "calibrate.csv"
             compare.fresh_copy(masters[size], index)
-            per = run_sequential("original", mount / "calibrate.csv", 2, -1)
-            (source / "calibrate.csv").unlink()
+            per = run_sequential("original", index, 2, -1)
+            index.unlink()
             if per * 2 * cfg.repeats * len(MODES) > cfg.original_budget:
                 original_note = (f"the original was not run from {size:,} rows on: about "
                                  f"{per:.2g} s per write exceeds the {cfg.original_budget:g} s "
@@ -204,8 +204,11 @@ def bench(cfg: Config, mount: Path, source: Path, src: str | None) -> dict[str, 
                 for impl in impls[k:] + impls[:k]:
                     writes = original_writes[size] if impl == "original" else cfg.writes
                     name = f"{impl}-{size}.csv"
-                    compare.fresh_copy(masters[size], source / name)
                     index = mount / name
+                    # Every change through the mount, as a client sees them: a
+                    # file swapped behind the filesystem's back would keep its
+                    # old identity for whoever still has it open.
+                    compare.fresh_copy(masters[size], index)
                     if mode == "sequential":
                         per = run_sequential(impl, index, writes, rep)
                         expect = size + writes + 1
@@ -221,7 +224,7 @@ def bench(cfg: Config, mount: Path, source: Path, src: str | None) -> dict[str, 
                     expected_rows[key] = writes
                     # The index, its lock file and its hidden journal (.NAME.journal):
                     # each measurement starts from nothing but the index.
-                    for leftover in [*source.glob(f"{name}*"), *source.glob(f".{name}*")]:
+                    for leftover in [*mount.glob(f"{name}*"), *mount.glob(f".{name}*")]:
                         leftover.unlink()
         log(f"repeat {rep + 1}/{cfg.repeats} done")
     for master in masters.values():

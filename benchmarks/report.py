@@ -753,7 +753,7 @@ def _more_checks(data: Data, verdict: Callable[..., str]) -> list[tuple[str, str
             out.append((f"12 writer processes, {ours_impl.split()[-1]}: at least as fast as "
                         f"{peer}", f"{sig(a / b)}×", verdict(a >= b)))
     sc = data.get("syscalls", {}).get("results", {}).get("index-writer", {})
-    for scenario, limit in (("warm", SYSCALLS_WARM), ("after", SYSCALLS_AFTER)):
+    for scenario, limit in (("warm", SYSCALLS_WARM), ("after-append", SYSCALLS_AFTER)):
         if scenario in sc:
             n = sc[scenario]["total_per_write"]
             out.append((f"system calls per write ({scenario}): at most {limit}", f"{n:.2f}",

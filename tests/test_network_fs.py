@@ -88,3 +88,38 @@ def test_a_writer_goes_on_after_the_index_was_deleted(fuse_dir: Path) -> None:
         os.unlink(str(index) + ".lock")
     p = _write(w, "plain", 1)
     assert [r["path"] for r in w.read_rows()] == [p]
+
+
+# What the Linux NFS client does when a process renames a file over one that
+# is open on the same client: it first renames the open file to a hidden
+# ``.nfs...`` name ("silly rename"), so whoever has it open can go on using
+# it, and only then renames the new file into place. The old file keeps a
+# link, so ``fstat`` of an open descriptor shows ``st_nlink == 1`` and no
+# ``ESTALE``. This rewriter does exactly those renames on a local disk.
+_SILLY_RENAMING_REWRITER = """
+import os, sys
+from index_writer import IndexWriter
+index = sys.argv[1]
+real_replace = os.replace
+def nfs_client_replace(src, dst):
+    if os.path.exists(dst):
+        os.rename(dst, os.path.join(os.path.dirname(dst), ".nfs000000000001"))
+    real_replace(src, dst)
+os.replace = nfs_client_replace
+IndexWriter(index).write_entry("other", {"brand_new": "x"})
+"""
+
+
+@pytest.mark.parametrize("appends_before", [0, 1, 5])
+def test_a_writer_goes_on_after_another_process_rewrote_the_index_on_nfs(
+    tmp_path: Path, appends_before: int
+) -> None:
+    """The old file is still linked (silly-renamed): the next write must not go there."""
+    index = tmp_path / "index.csv"
+    w = IndexWriter(index)
+    before = [_write(w, "plain", i) for i in range(1 + appends_before)]
+    subprocess.run([sys.executable, "-c", _SILLY_RENAMING_REWRITER, str(index)],
+                   check=True, timeout=60)
+    assert (tmp_path / ".nfs000000000001").exists()  # the old file, still linked
+    after = [_write(w, "plain", 100 + i) for i in range(3)]
+    assert [r["path"] for r in w.read_rows()] == [*before, "other", *after]

@@ -128,9 +128,11 @@ def _replace(
     journal.write(rewrite_record(temp), durable)
     _platform.touch(fd, index)  # others see a change, and so read the journal
     try:
-        return _files.replace(index, temp, chunks, like, durable)
+        st = _files.replace(index, temp, chunks, like, durable)
     finally:
         journal.mark_done_quietly()
+    _platform.mark_superseded(fd)  # a writer holding it open must look again
+    return st
 
 
 class _RewriteStream:

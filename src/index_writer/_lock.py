@@ -286,7 +286,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             if e.errno not in (errno.ENOENT, errno.ESTALE):
                 raise
         else:
-            if st.st_nlink == 1 and slot.journal is not None:  # the usual case: current
+            if st.st_nlink == 1 and slot.journal is not None and _still_current(s, st):
                 s.fd, s.st, s.journal = fd, st, slot.journal
                 return True
         _platform.unlock(fd)
@@ -304,8 +304,10 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             raise LockTimeout(_holder(fd, slot))
         try:
             st = os.fstat(fd)
-            current = st.st_nlink == 1 or (
-                st.st_nlink > 1 and _platform.same_file(st, os.stat(s.path))
+            current = (
+                _still_current(s, st)
+                if st.st_nlink == 1
+                else st.st_nlink > 1 and _platform.same_file(st, os.stat(s.path))
             )
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ESTALE):
@@ -335,6 +337,32 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         slot.other_journal = others.pop() if others else ""
     s.journal = slot.journal
     return True
+
+
+def _still_current(s: Session, st: os.stat_result) -> bool:
+    """Whether the index open with status ``st`` (one link) is still the one at our path.
+
+    Usually known without asking the filesystem: the file is as we left it,
+    or it grew (another writer appended). Otherwise it may have been renamed
+    over while still linked elsewhere (an NFS client's hidden ``.nfs...``
+    file; a rewrite marks the old file's time so it is not as we left it),
+    and the path tells.
+    """
+    state = s.slot.state
+    if state is not None:
+        grew = (
+            (st.st_dev, st.st_ino) == (state.dev, state.ino)
+            and st.st_size > state.size
+            and st.st_mtime_ns != 0
+        )
+        if grew or state.unchanged(st):
+            return True
+    try:
+        return _platform.same_file(st, os.stat(s.path))
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ESTALE):
+            raise
+        return False
 
 
 def _open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, str]:

@@ -21,6 +21,7 @@ __all__ = [
     "fsync_directory",
     "lock_blocking",
     "lock_holder",
+    "mark_superseded",
     "name_max",
     "pread",
     "pwrite",
@@ -74,6 +75,21 @@ def touch(fd: int, path: str) -> None:
         os.utime(fd)
     else:  # pragma: no cover - not run on Linux CI
         os.utime(path)
+
+
+def mark_superseded(fd: int) -> None:
+    """Set the modification time of the file open as ``fd``, just renamed over, to 0.
+
+    Another process may still have that file open and think it current: an
+    NFS client renames a file that was open on it to a hidden ``.nfs...``
+    name instead of dropping it, so its last link never goes. A time no
+    current index has tells that process to look again (at the path).
+    Best effort (the owner, or root, may set a time; others leave it): POSIX
+    only, since Windows sets times by path, which now names the new file.
+    """
+    if os.utime in os.supports_fd:
+        with contextlib.suppress(OSError):
+            os.utime(fd, ns=(0, 0))
 
 
 def fsync_directory(path: str) -> None:
