@@ -123,3 +123,37 @@ def test_a_writer_goes_on_after_another_process_rewrote_the_index_on_nfs(
     assert (tmp_path / ".nfs000000000001").exists()  # the old file, still linked
     after = [_write(w, "plain", 100 + i) for i in range(3)]
     assert [r["path"] for r in w.read_rows()] == [*before, "other", *after]
+
+
+_SILLY_RENAMING_WORKER = """
+import itertools, os, sys
+from index_writer import IndexWriter
+index, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real_replace, hidden = os.replace, itertools.count()
+def nfs_client_replace(src, dst):
+    if os.path.exists(dst):
+        name = f".nfs{os.getpid()}_{next(hidden)}"
+        os.rename(dst, os.path.join(os.path.dirname(dst), name))
+    real_replace(src, dst)
+os.replace = nfs_client_replace
+w = IndexWriter(index)
+for i in range(n):
+    extra = {f"col_{tag}_{i}": "x"} if i % 7 == 3 else {}  # a new column: a rewrite
+    w.write_entry(f"{tag}/{i}", {"worker": tag, **extra})
+"""
+
+
+def test_writers_racing_rewrites_on_nfs_lose_nothing(tmp_path: Path) -> None:
+    """Four processes, each rewriting now and then the way an NFS client renames."""
+    index = tmp_path / "index.csv"
+    n = 40
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SILLY_RENAMING_WORKER, str(index), f"w{k}",
+                          str(n)])
+        for k in range(4)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0, 0]
+    assert any(p.name.startswith(".nfs") for p in tmp_path.iterdir())  # rewrites happened
+    rows = IndexWriter(index).read_rows()
+    assert sorted(r["path"] for r in rows) == sorted(f"w{k}/{i}" for k in range(4)
+                                                     for i in range(n))
