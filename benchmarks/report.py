@@ -406,7 +406,8 @@ def first_write_table(data: Data, docs: str) -> str:
     return "\n".join(
         [
             "Milliseconds for a process's first `write_entry(..., replace_existing=True)`: "
-            "the write that reads the whole index once and maps each path to its row. "
+            "the write that reads the whole index once and files each path's hash with "
+            "its row (the process's next such write sorts them: see the memory table). "
             "Median (fastest–slowest run).",
             "",
             table(["Rows in the index", "index-writer"], rows),
@@ -424,6 +425,10 @@ def memory_table(data: Data, docs: str) -> str:
         ("index-writer", "replace"): (
             "index-writer, first `write_entry(..., replace_existing=True)`"
         ),
+        ("index-writer", "second-replace"): (
+            "index-writer, two `write_entry(..., replace_existing=True)` (seconds: the "
+            "second, which sorts the path map)"
+        ),
         ("original", "append"): "original, `write_entry`",
     }
     rows = [
@@ -438,9 +443,9 @@ def memory_table(data: Data, docs: str) -> str:
     ]
     return "\n".join(
         [
-            "Each row is a new Python process making one write to its own copy of the "
-            "index: its peak resident memory, its memory after the imports, and how long "
-            "that one write took.",
+            "Each row is a new Python process writing to its own copy of the index (one "
+            "write, or two where the row says so): its peak resident memory, its memory "
+            "after the imports, and how long the write took.",
             "",
             table(
                 ["One write, new process", "Rows", "Peak MB", "After imports, MB", "Seconds"],

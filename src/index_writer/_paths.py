@@ -11,15 +11,15 @@ never a match; an equal one only probably is).
 Layout: ``starts`` holds each row's offset, in the order rows were added
 (8 bytes a row). Rows loaded in bulk first wait in ``pending``: their 24-bit
 hashes, 4 bytes a row in row order, searched with ``bytearray.find`` (C
-speed: about 3 ms for a million rows). A process that looks up only a few
-paths (one ``index-writer add``, a job writing one entry) never pays more.
-After a few dozen lookups they are sorted into ``keys``: one float per row
--- the hash times 2**29 plus the row's number, an exact integer below 2**53,
-sorted by CPython's fast float comparison and searched with :mod:`bisect`
-(a list: 32 bytes a row; an array would save 24 but cost a copy of the
-whole list every time it is sorted). Rows added after the sort wait in
-``fresh`` (a dict of full hashes), which is sorted in when it grows. Rows
-are added in bulk from blocks of plain lines
+speed: about 3 ms for a million rows). The first lookup searches them, so a
+process that writes once (one ``index-writer add``, a job writing one
+entry) never pays for sorting; the second sorts them into ``keys``: one
+float per row -- the hash times 2**29 plus the row's number, an exact
+integer below 2**53, sorted by CPython's fast float comparison and searched
+with :mod:`bisect` (a list: 32 bytes a row; an array would save 24 but cost
+a copy of the whole list every time it is sorted). Rows added after the
+sort wait in ``fresh`` (a dict of full hashes), which is sorted in when it
+grows. Rows are added in bulk from blocks of plain lines
 (:meth:`PathOffsets.add_plain_lines`, C-speed operations per block) or one
 by one (:meth:`PathOffsets.add`).
 """
@@ -40,7 +40,7 @@ _ROW_MASK = (1 << _ROW_BITS) - 1
 _HASH_MASK = (1 << _HASH_BITS) - 1
 _GAP = 0xFFFFFFFF  # in ``pending``: a row kept elsewhere (no 24-bit hash is this)
 _GAP_BYTES = array("I", [_GAP]).tobytes()
-_SEARCHES_BEFORE_SORT = 32
+_SEARCHES_BEFORE_SORT = 1  # lookups that search ``pending`` before it is sorted
 
 
 def _fields(lines: list[bytes], column: int) -> list[bytes]:
