@@ -30,6 +30,7 @@ import bisect
 import itertools
 import operator
 from array import array
+from collections.abc import Iterable
 
 __all__ = ["PathOffsets"]
 
@@ -43,11 +44,10 @@ _GAP_BYTES = array("I", [_GAP]).tobytes()
 _SEARCHES_BEFORE_SORT = 1  # lookups that search ``pending`` before it is sorted
 
 
-def _fields(lines: list[bytes], column: int) -> list[bytes]:
+def _fields(lines: list[bytes], column: int) -> Iterable[bytes]:
     """Field ``column`` of each plain line ("" where a short row lacks it)."""
-    if column == 0:
-        return list(map(operator.itemgetter(0), map(operator.methodcaller("partition", b","),
-                                                    lines)))
+    if column == 0:  # lazily: the caller's C-speed pipeline makes no list of them
+        return map(operator.itemgetter(0), map(operator.methodcaller("partition", b","), lines))
     split = map(operator.methodcaller("split", b",", column + 1), lines)
     try:
         return list(map(operator.itemgetter(column), split))
@@ -125,15 +125,16 @@ class PathOffsets:
             starts = array("Q", itertools.compress(starts, nonblank))
         first = len(self.starts)
         self.starts.extend(starts)
-        hashes = list(map(path_hash, _fields(lines, column)))
+        hashes = map(path_hash, _fields(lines, column))
         if self.keys:  # already sorted: a few rows appended since; keep them aside
             fresh = self.fresh
             rows = range(first, first + len(lines))
-            new = dict(zip(hashes, rows, strict=True))
+            listed = list(hashes)
+            new = dict(zip(listed, rows, strict=True))
             if len(new) == len(lines) and fresh.keys().isdisjoint(new):
                 fresh.update(new)  # the usual case: no path twice
             else:
-                for h, row in zip(hashes, rows, strict=True):
+                for h, row in zip(listed, rows, strict=True):
                     old = fresh.get(h)
                     fresh[h] = (
                         row if old is None else [*old, row] if isinstance(old, list) else [old, row]
