@@ -460,7 +460,9 @@ def _plain(block: bytes, ncols: int) -> bool:
     than ``ncols`` fields. Such lines are records exactly as :class:`Scanner`
     would read them, so their only facts that matter are counted in C.
     """
-    if b'"' in block or b"\x00" in block or block.count(b"\r") != block.count(b"\r\n"):
+    if b'"' in block or b"\x00" in block:
+        return False
+    if b"\r" in block and block.count(b"\r") != block.count(b"\r\n"):
         return False
     if max(map(len, block.translate(None, _ALL_BUT_COMMA_LF).split(b"\n"))) >= ncols:
         return False
