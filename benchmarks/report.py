@@ -379,7 +379,9 @@ def sequential_table(data: Data, docs: str) -> str:
         "demo's four context fields, into an index that already holds the rows: median "
         "(fastest–slowest run). Each run times "
         f"{rows_count(s['writes'])} writes (index-writer, floor) or as many as fit in "
-        "about a second (the original), after one untimed write.",
+        "about a second (the original), after two untimed writes: a process's first "
+        "write reads the index, index-writer's second sorts its path map (both are in "
+        "the memory table).",
         "",
         table(["Rows in the index", "index-writer", "original", "floor"], rows),
     ]
