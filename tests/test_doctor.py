@@ -423,9 +423,13 @@ def test_fuse_without_locks_fails_clearly(fuse: Callable[..., Path]) -> None:
 def test_ctrl_c_removes_the_probe_directory(fuse: Callable[..., Path]) -> None:
     # 2 ms per filesystem operation makes the probes take seconds, so the
     # interrupt lands while they run (the exit status proves it did).
+    # Ctrl-C raises KeyboardInterrupt as in a terminal, even where this test
+    # runs with SIGINT ignored (a background job of a non-interactive shell:
+    # its children inherit the ignored signal and Python keeps it so).
     mnt = fuse("kernel", delay=0.002)
+    terminal = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
     proc = subprocess.Popen(
-        [sys.executable, "-c", DIAGNOSE, str(mnt), "1", "30"],
+        [sys.executable, "-c", terminal + DIAGNOSE, str(mnt), "1", "30"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 30
