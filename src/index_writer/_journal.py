@@ -18,9 +18,11 @@ writer (or reader) can tell a change a crash cut short from data:
   atomic rename. A finished rewrite is marked done.
 
 The journal lives in its own small file next to the index (``.NAME.journal``,
-see :func:`._handles.journal_name`), not in the lock file, so it survives the
-lock file being deleted -- med-imagetools deletes ``NAME.lock`` at the end of
-a run, and people ``rm *.lock``. Do not delete the journal while writers run.
+see :func:`._handles.journal_name`; next to the lock file for a writer that
+may not create files in the index's directory: :func:`open_journal`), not in
+the lock file, so it survives the lock file being deleted -- med-imagetools
+deletes ``NAME.lock`` at the end of a run, and people ``rm *.lock``. Do not
+delete the journal while writers run.
 
 Format: :data:`MAGIC`, then ``A`` (a record follows) or ``D`` (done), then
 the record as one line of JSON and the append's head bytes. Each step is one
@@ -29,6 +31,7 @@ the record as one line of JSON and the append's head bytes. Each step is one
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,7 +40,7 @@ import time
 import zlib
 from typing import Any
 
-from . import _files, _platform
+from . import _files, _handles, _platform
 
 __all__ = [
     "HEAD",
@@ -46,6 +49,8 @@ __all__ = [
     "Record",
     "append_record",
     "cut_utf8_tail",
+    "journal_path",
+    "open_journal",
     "read_journal",
     "recover",
     "rewrite_record",
@@ -315,3 +320,47 @@ def cut_utf8_tail(fd: int, size: int) -> int | None:
         cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
         return lo + cut + 1 if cut >= 0 or lo == 0 else None
     return None
+
+
+def open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, str]:
+    """Open the index's crash journal: next to the index, else next to the lock file.
+
+    The journal belongs next to the index, where every writer finds it
+    whatever lock file it uses; a writer that may not create files in the
+    index's directory keeps it next to its lock file instead. An existing
+    journal in either place wins, so all writers converge on one. A new one
+    gets the index's permission bits (and, made by root, its owner), so every
+    user who may write the index may write its journal.
+    """
+    places = (journal_path(index), journal_path(lock_path))
+    for path in places:
+        try:
+            return os.open(path, os.O_RDWR | _platform.O_BINARY), path
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            # Made by a user whose journal we may not write (the index's mode
+            # changed since): keep ours in the other place; recovery reads both.
+            if path == places[-1]:
+                raise
+            logger.debug("cannot open %s for writing; trying next to the lock file", path)
+    for path in places:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _platform.O_BINARY, 0o600)
+        except FileExistsError:
+            if path == places[0]:
+                continue  # there, but not ours to write (see above): the other place
+            return os.open(path, os.O_RDWR | _platform.O_BINARY), path
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or path == places[-1]:
+                raise
+            logger.debug("cannot create %s (%s); trying next to the lock file", path, e)
+            continue
+        _platform.copy_ownership(fd, st)
+        return fd, path
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def journal_path(path: str) -> str:
+    """The journal file that belongs next to ``path`` (an index or a lock file)."""
+    return _handles.journal_path(os.path.realpath(path))

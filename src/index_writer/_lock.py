@@ -42,7 +42,14 @@ from typing import Any, TypeVar
 
 from . import _handles, _platform
 from ._handles import IndexSlot, LockFile
-from ._journal import Journal, cut_utf8_tail, read_journal, torn_append_start
+from ._journal import (
+    Journal,
+    cut_utf8_tail,
+    journal_path,
+    open_journal,
+    read_journal,
+    torn_append_start,
+)
 
 __all__ = ["RECHECK", "Session", "poll", "run_locked"]
 
@@ -330,7 +337,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         raise OSError(errno.EINVAL, "not a regular file: an index must be a file", s.path)
     s.fd, s.st = fd, st
     if slot.journal is None:
-        journal_fd, path = _open_journal(s.path, lock_path, st)
+        journal_fd, path = open_journal(s.path, lock_path, st)
         slot.journal_fd, slot.journal_path = journal_fd, path
         slot.journal = Journal(journal_fd, path)
         others = {journal_path(s.path), journal_path(lock_path)} - {path}
@@ -363,50 +370,6 @@ def _still_current(s: Session, st: os.stat_result) -> bool:
         if e.errno not in (errno.ENOENT, errno.ESTALE):
             raise
         return False
-
-
-def _open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, str]:
-    """Open the index's crash journal: next to the index, else next to the lock file.
-
-    The journal belongs next to the index, where every writer finds it
-    whatever lock file it uses; a writer that may not create files in the
-    index's directory keeps it next to its lock file instead. An existing
-    journal in either place wins, so all writers converge on one. A new one
-    gets the index's permission bits (and, made by root, its owner), so every
-    user who may write the index may write its journal.
-    """
-    places = (journal_path(index), journal_path(lock_path))
-    for path in places:
-        try:
-            return os.open(path, os.O_RDWR | _platform.O_BINARY), path
-        except FileNotFoundError:
-            continue
-        except PermissionError:
-            # Made by a user whose journal we may not write (the index's mode
-            # changed since): keep ours in the other place; recovery reads both.
-            if path == places[-1]:
-                raise
-            logger.debug("cannot open %s for writing; trying next to the lock file", path)
-    for path in places:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _platform.O_BINARY, 0o600)
-        except FileExistsError:
-            if path == places[0]:
-                continue  # there, but not ours to write (see above): the other place
-            return os.open(path, os.O_RDWR | _platform.O_BINARY), path
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or path == places[-1]:
-                raise
-            logger.debug("cannot create %s (%s); trying next to the lock file", path, e)
-            continue
-        _platform.copy_ownership(fd, st)
-        return fd, path
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def journal_path(path: str) -> str:
-    """The journal file that belongs next to ``path`` (an index or a lock file)."""
-    return _handles.journal_path(os.path.realpath(path))
 
 
 def _open_index(path: str, create: bool) -> tuple[int, bool]:
