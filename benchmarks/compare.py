@@ -132,8 +132,8 @@ QUICK = Config(
 # ------------------------------------------------------------------ data
 
 
-def seed_context(i: int) -> dict[str, Any]:
-    """The seed's ``generate_context(i)``: four fields, as in med-imagetools' demo."""
+def demo_context(i: int) -> dict[str, Any]:
+    """``generate_context(i)`` of med-imagetools' demo: four fields."""
     return {
         "subject_id": f"subject_{i % 10}",
         "modality": random.choice(MODALITIES),
@@ -143,11 +143,11 @@ def seed_context(i: int) -> dict[str, Any]:
 
 
 def make_contexts(n: int) -> list[dict[str, Any]]:
-    return [seed_context(i) for i in range(n)]
+    return [demo_context(i) for i in range(n)]
 
 
 def prefill(path: Path, rows: int) -> None:
-    """Write an index of ``rows`` seed-like rows directly (fast, deterministic)."""
+    """Write an index of ``rows`` demo-like rows directly (fast, deterministic)."""
     rng = random.Random(rows)
     base = dt.datetime(2025, 1, 1)
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -338,7 +338,7 @@ def _calibrate_original(master: Path, work: Path, size: int) -> float:
     index = work / f"calibrate-{size}.csv"
     fresh_copy(master, index)
     make, close = original_writer(index)
-    ctx = seed_context(0)
+    ctx = demo_context(0)
     make("output/calibrate_0.nii.gz", ctx)
     t0 = time.perf_counter()
     make("output/calibrate_1.nii.gz", ctx)
@@ -413,7 +413,7 @@ def rss_child(impl: str, mode: str, index: str, original_src: str) -> None:
     """Run in a fresh process: one write to ``index``; print peak RSS as JSON."""
     cls = _load_original_class(original_src) if impl == "original" else IndexWriter
     base = _vm("VmHWM")
-    ctx = seed_context(0)
+    ctx = demo_context(0)
     t0 = time.perf_counter()
     if impl == "original":
         cls(index_path=Path(index)).write_entry(
@@ -468,15 +468,15 @@ def _load_original_class(src: str) -> Any:
 
 
 def demo_task_ours(index_path: str, i: int) -> None:
-    """The seed's task: a new writer, one entry."""
+    """The demo's task: a new writer, one entry."""
     output_path = Path(f"output/fake_file_{i}.nii.gz")
-    context = seed_context(i)
+    context = demo_context(i)
     IndexWriter(index_path=index_path).write_entry(path=output_path, context=context)
 
 
 def demo_task_original(index_path: str, i: int, src: str) -> None:
     output_path = Path(f"output/fake_file_{i}.nii.gz")
-    context = seed_context(i)
+    context = demo_context(i)
     cls = _load_original_class(src)
     cls(index_path=Path(index_path)).write_entry(path=output_path, context=context)
 

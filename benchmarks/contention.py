@@ -168,7 +168,7 @@ def _prepare(impl: str, directory: str) -> str:
         return path
     path = os.path.join(directory, "index.csv")
     if impl.startswith("index-writer"):
-        IndexWriter(path).write_entry("seed", context(0))  # every process finds a header
+        IndexWriter(path).write_entry("first", context(0))  # every process finds a header
     return path
 
 

@@ -116,13 +116,13 @@ def worker(impl: str, index: str, tag: str, writes: int, go: str, src: str) -> N
     if impl == "original":
         compare._load_original_class(src)
     make, close = WRITERS[impl](Path(index))
-    make(f"output/warm_{tag}.nii.gz", compare.seed_context(0))
+    make(f"output/warm_{tag}.nii.gz", compare.demo_context(0))
     print("ready", flush=True)
     while not os.path.exists(go):
         time.sleep(0.0005)
     t0 = time.perf_counter()
     for i in range(writes):
-        make(f"output/w{tag}_{i}.nii.gz", compare.seed_context(i))
+        make(f"output/w{tag}_{i}.nii.gz", compare.demo_context(i))
     print(time.perf_counter() - t0, flush=True)
     close()
 
@@ -130,10 +130,10 @@ def worker(impl: str, index: str, tag: str, writes: int, go: str, src: str) -> N
 def run_sequential(impl: str, index: Path, writes: int, rep: int) -> float:
     make, close = WRITERS[impl](index)
     try:
-        make(f"output/warmup_{rep}.nii.gz", compare.seed_context(0))
+        make(f"output/warmup_{rep}.nii.gz", compare.demo_context(0))
         t0 = time.perf_counter()
         for i in range(writes):
-            make(f"output/seq_{rep}_{i}.nii.gz", compare.seed_context(i))
+            make(f"output/seq_{rep}_{i}.nii.gz", compare.demo_context(i))
         return (time.perf_counter() - t0) / writes
     finally:
         close()

@@ -75,7 +75,7 @@ def child(impl: str, index: str, writes: int, scenario: str, markers: str, src: 
     if impl == "original":
         compare._load_original_class(src)
     make, close = WRITERS[impl](Path(index))
-    ctx = compare.seed_context(0)
+    ctx = compare.demo_context(0)
     to_parent = open(os.path.join(markers, "to-parent"), "w")  # noqa: SIM115
     from_parent = open(os.path.join(markers, "to-child"))  # noqa: SIM115
 
@@ -179,7 +179,7 @@ def measure(impl: str, scenario: str, rows: int, writes: int, src: str | None) -
                     break
                 if appender is None:
                     appender = WRITERS[impl](index)
-                appender[0](f"output/foreign_{n}.nii.gz", compare.seed_context(n))
+                appender[0](f"output/foreign_{n}.nii.gz", compare.demo_context(n))
                 to_child.write("ok\n")
                 to_child.flush()
         if appender is not None:

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import _internals
 from index_writer import IndexWriter
@@ -307,6 +307,63 @@ def _ack(fd: int, items: Iterable[tuple[str, int]]) -> None:
     os.write(fd, "".join(f"{p}\t{r}\n" for p, r in items).encode())
 
 
+class _Mix(NamedTuple):
+    """Cumulative chances of each kind of write (the rest are replacements), and sizes."""
+
+    single: float
+    batch: float  # 2..batch_max rows
+    many: float  # many_rows small rows
+    huge: float  # huge_rows huge rows
+    batch_max: int
+    many_rows: int
+    huge_rows: int
+
+
+_KILL_MIX = _Mix(0.45, 0.8, 0.86, 0.92, batch_max=300, many_rows=15_000, huge_rows=40)
+_SPELLINGS_MIX = _Mix(0.5, 0.8, 0.84, 0.88, batch_max=100, many_rows=10_000, huge_rows=30)
+
+
+def _write_forever(
+    pick: Callable[[], IndexWriter], rng: random.Random, tag: str, fd: int, mix: _Mix
+) -> None:
+    """Write ``mix`` with the writer ``pick()`` gives, acknowledging each write in ``fd``.
+
+    Entries are tagged ``tag``; replacements rewrite this loop's own
+    acknowledged rows with a new revision.
+    """
+    mine: dict[str, int] = {}
+    i = 0
+    while True:
+        w = pick()
+        r = rng.random()
+        if r < mix.single:
+            ps = [entry_path(tag, i)]
+        elif r < mix.batch:
+            ps = [entry_path(tag, j) for j in range(i, i + rng.randint(2, mix.batch_max))]
+        elif r < mix.many:
+            ps = [entry_path(tag, j) for j in range(i, i + mix.many_rows)]
+        elif r < mix.huge:
+            ps = [big_path(tag, j) for j in range(i, i + mix.huge_rows)]
+        elif mine:
+            p = rng.choice(list(mine))
+            rev = mine[p] + 1
+            w.write_entry(p, context_for(p, rev), replace_existing=True)
+            _ack(fd, [(p, rev)])
+            mine[p] = rev
+            continue
+        else:
+            continue
+        if len(ps) == 1:
+            w.write_entry(ps[0], context_for(ps[0]))
+        else:
+            w.write_entries([(p, context_for(p)) for p in ps])
+        i += len(ps)
+        _ack(fd, [(p, 0) for p in ps])
+        for p in ps:
+            if "/big" not in p and rng.random() < 0.01:
+                mine[p] = 0
+
+
 def read_acks(ack_paths: Iterable[str | os.PathLike[str]]) -> dict[str, int]:
     """The acknowledged ``{path: rev}`` of killed workers (complete lines only)."""
     acked: dict[str, int] = {}
@@ -338,41 +395,7 @@ def kill_worker(index: str, tag: str, ack_path: str, log_path: str, seed: int) -
     rng = random.Random(seed)
     w = IndexWriter(index)
     fd = os.open(ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    mine: dict[str, int] = {}
-    i = 0
-    while True:
-        r = rng.random()
-        if r < 0.45:
-            p = entry_path(tag, i)
-            i += 1
-            w.write_entry(p, context_for(p))
-            done = [(p, 0)]
-        elif r < 0.8:
-            ps = [entry_path(tag, j) for j in range(i, i + rng.randint(2, 300))]
-            i += len(ps)
-            w.write_entries([(p, context_for(p)) for p in ps])
-            done = [(p, 0) for p in ps]
-        elif r < 0.86:
-            ps = [entry_path(tag, j) for j in range(i, i + 15_000)]
-            i += len(ps)
-            w.write_entries([(p, context_for(p)) for p in ps])
-            done = [(p, 0) for p in ps]
-        elif r < 0.92:
-            ps = [big_path(tag, j) for j in range(i, i + 40)]
-            i += len(ps)
-            w.write_entries([(p, context_for(p)) for p in ps])
-            done = [(p, 0) for p in ps]
-        elif mine:
-            p = rng.choice(list(mine))
-            rev = mine[p] + 1
-            w.write_entry(p, context_for(p, rev), replace_existing=True)
-            done = [(p, rev)]
-        else:
-            continue
-        _ack(fd, done)
-        for p, rev in done:
-            if "/big" not in p and (rev or rng.random() < 0.01):
-                mine[p] = rev
+    _write_forever(lambda: w, rng, tag, fd, _KILL_MIX)
 
 
 def kill_worker_spellings(
@@ -399,44 +422,8 @@ def kill_worker_spellings(
     def run(k: int) -> None:
         rng = random.Random(f"{seed}-{k}")
         writers = [shared] + [IndexWriter(s) for s in spellings[1:]]
-        sub = f"{tag}t{k}"
         fd = os.open(f"{ack_path}.t{k}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        mine: dict[str, int] = {}
-        i = 0
-        while True:
-            w = rng.choice(writers)
-            r = rng.random()
-            if r < 0.5:
-                p = entry_path(sub, i)
-                i += 1
-                w.write_entry(p, context_for(p))
-                done = [(p, 0)]
-            elif r < 0.8:
-                ps = [entry_path(sub, j) for j in range(i, i + rng.randint(2, 100))]
-                i += len(ps)
-                w.write_entries([(p, context_for(p)) for p in ps])
-                done = [(p, 0) for p in ps]
-            elif r < 0.84:
-                ps = [entry_path(sub, j) for j in range(i, i + 10_000)]
-                i += len(ps)
-                w.write_entries([(p, context_for(p)) for p in ps])
-                done = [(p, 0) for p in ps]
-            elif r < 0.88:
-                ps = [big_path(sub, j) for j in range(i, i + 30)]
-                i += len(ps)
-                w.write_entries([(p, context_for(p)) for p in ps])
-                done = [(p, 0) for p in ps]
-            elif mine:
-                p = rng.choice(list(mine))
-                rev = mine[p] + 1
-                w.write_entry(p, context_for(p, rev), replace_existing=True)
-                done = [(p, rev)]
-            else:
-                continue
-            _ack(fd, done)
-            for p, rev in done:
-                if "/big" not in p and (rev or rng.random() < 0.01):
-                    mine[p] = rev
+        _write_forever(lambda: rng.choice(writers), rng, f"{tag}t{k}", fd, _SPELLINGS_MIX)
 
     run_in_threads(run, threads)
 
