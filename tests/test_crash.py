@@ -365,6 +365,68 @@ def test_interrupted_rewrite_leaves_old_index_and_temp_is_removed(tmp_path: Path
     check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})
 
 
+@pytest.mark.parametrize("where", ["elsewhere", "same-dir-not-temp", "relative"])
+def test_a_rewrite_record_never_removes_a_file_that_is_no_temp_file_of_the_index(
+    tmp_path: Path, where: str
+) -> None:
+    """Recovery removes only what a rewrite of this index can have left.
+
+    A journal is a file others may write (it has the index's permissions): a
+    record naming any other file must not make the next writer delete it.
+    """
+    index, before = _index_with_rows(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    victim = {
+        "elsewhere": other_dir / ".precious.tmp",  # a temp-like name, another directory
+        "same-dir-not-temp": tmp_path / "results.csv",
+        "relative": Path("precious.txt"),
+    }[where]
+    target = victim if victim.is_absolute() else tmp_path / victim
+    target.write_text("keep me\n")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)  # a relative name would resolve here
+    try:
+        _fake_crash_journal(index, {"op": "rewrite", "temp": str(victim)})
+        _recover_in_fresh_process(index, "next")
+    finally:
+        os.chdir(cwd)
+    assert target.read_text() == "keep me\n"
+    assert Path(index).read_bytes().startswith(before)
+    check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"op": "append", "dev": 1, "ino": 1, "offset": 0, "length": 9, "head": "x"},
+        {"op": "append", "dev": "1", "ino": 1, "offset": "0", "length": "9"},
+        {"op": "append", "dev": 1, "ino": 1, "offset": 0, "length": 9, "crc": "abc"},
+        {"op": "rewrite", "temp": None},
+        {"op": "rewrite", "temp": ["a"]},
+        {"op": "unknown"},
+        ["not", "a", "record"],
+    ],
+)
+def test_a_malformed_journal_record_is_ignored_with_a_warning(
+    tmp_path: Path, record: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Wrong-typed fields make the record unreadable, not the index."""
+    index, before = _index_with_rows(tmp_path)
+    if isinstance(record, dict) and record.get("op") == "append":
+        st = os.stat(index)  # aimed at this very file, where types matter
+        record = {**record, **{k: v for k, v in (("dev", st.st_dev), ("ino", st.st_ino))
+                               if isinstance(record[k], int)}}
+    fake_journal_record(index, json.dumps(record).encode())
+    with caplog.at_level(logging.WARNING, logger="index_writer"):
+        rows = IndexWriter(index).read_rows()
+        IndexWriter(index).write_entry("new.nii", {"subject": "s"})
+    assert len(rows) == 5
+    assert "ignoring an unreadable crash journal" in caplog.text
+    assert Path(index).read_bytes().startswith(before)  # nothing cut
+    assert [r["path"] for r in IndexWriter(index).read_rows()][5:] == ["new.nii"]
+
+
 def _rewrite_then_die(index: str, conn) -> None:  # type: ignore[no-untyped-def]
     """Start a real rewrite and get SIGKILLed once the temp file is being written."""
     p = entry_path("base", 1)

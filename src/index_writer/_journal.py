@@ -115,12 +115,31 @@ def _parse(data: bytes, where: str) -> Record | None:
     line, _, rest = data[len(MAGIC) + 1 :].partition(b"\n")
     try:
         info = json.loads(line)
-        if not isinstance(info, dict):
+        if not _well_formed(info):
             raise ValueError(info)
     except ValueError:
         logger.warning("ignoring an unreadable crash journal in %s", where)
         return None
-    return Record(info, rest[: int(info.get("head", 0))])
+    return Record(info, rest[: info.get("head", 0)])
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _well_formed(info: object) -> bool:
+    """Whether ``info`` is a record as :func:`append_record` or :func:`rewrite_record` makes."""
+    if not isinstance(info, dict):
+        return False
+    if info.get("op") == "append":
+        crcs = info.get("crc", [])
+        return (
+            all(_whole(info.get(k)) for k in ("dev", "ino", "offset", "length"))
+            and _whole(info.get("head", 0))
+            and isinstance(crcs, list)
+            and all(_whole(c) for c in crcs)
+        )
+    return info.get("op") == "rewrite" and isinstance(info.get("temp"), str)
 
 
 def _read(fd: int) -> bytes:
@@ -276,10 +295,21 @@ def recover(
             record.info["length"],
         )
     elif record.op == "rewrite":
-        temp = str(record.info.get("temp", ""))
+        temp = record.info["temp"]
+        if not _is_temp_of(temp, where):
+            logger.warning(
+                "not removing %r, named by the crash journal of %s: not a temporary "
+                "file of that index",
+                temp,
+                where,
+            )
+            temp = ""
         try:
-            os.unlink(temp)
-            logger.warning("removed %s, left by a rewrite of %s cut short by a crash", temp, where)
+            if temp:
+                os.unlink(temp)
+                logger.warning(
+                    "removed %s, left by a rewrite of %s cut short by a crash", temp, where
+                )
         except FileNotFoundError:
             pass
         except OSError as e:
@@ -287,6 +317,23 @@ def recover(
     if journal is not None and (record.op == "rewrite" or changed):
         journal.mark_done()
     return changed
+
+
+def _is_temp_of(temp: str, index: str) -> bool:
+    """Whether ``temp`` can be a temporary file of a rewrite of ``index``.
+
+    Recovery removes the file a rewrite's record names; a record is only
+    trusted that far if the name is one :func:`._files.new_temp_name` gives:
+    hidden, ending in ``.tmp``, in the index's own directory (by identity:
+    another writer may spell it differently, through a bind mount, say).
+    """
+    head, name = os.path.split(temp)
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    try:
+        return os.path.samefile(head or ".", os.path.dirname(index) or ".")
+    except OSError:
+        return False
 
 
 def cut_utf8_tail(fd: int, size: int) -> int | None:
