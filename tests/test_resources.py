@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -333,3 +334,61 @@ def test_a_5_mb_value_full_of_quotes_reads_and_rewrites_in_bounded_memory(
     for action, f in figures.items():
         assert f["peak"] < 6 * size + 50e6, (action, f)
 
+
+
+def _spellings_while_evicting(root: str, seconds: float) -> int:
+    """One thread writes through ever new spellings of one index while another
+    writes to ever new indexes (4 kept open: evictions all the time)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    sys.setswitchinterval(1e-5)  # threads take turns often: races show (this child only)
+    os.makedirs(f"{root}/a")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    written = [0, 0, 0]
+
+    def spellings(t: int) -> Callable[[], None]:
+        def run() -> None:
+            i = 0
+            while not stop.is_set():
+                link = f"{root}/l{t}-{i}"
+                os.symlink("a", link)  # a new spelling of the index every time
+                IndexWriter(f"{link}/index.csv").write_entry(f"s{t}-{i}", {"k": i})
+                i += 1
+            written[t] = i
+        return run
+
+    def churn() -> None:
+        i = 0
+        while not stop.is_set():
+            IndexWriter(f"{root}/other{i}.csv").write_entry("x", {"k": i})
+            i += 1
+
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:
+                errors.append(e)
+                stop.set()
+        return run
+
+    workers = [spellings(0), spellings(1), spellings(2), churn, churn]
+    threads = [threading.Thread(target=guarded(f)) for f in workers]
+    for t in threads:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    rows = IndexWriter(f"{root}/a/index.csv").read_rows()
+    assert len(rows) == sum(written)
+    return sum(written)
+
+
+def test_new_spellings_while_other_threads_evict(tmp_path: Path) -> None:
+    """Resolving a new spelling races with another thread's eviction: no error leaks."""
+    written = in_child(_spellings_while_evicting, str(tmp_path), 5.0)
+    assert written > 100

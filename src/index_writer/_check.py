@@ -28,15 +28,13 @@ import io
 import logging
 import os
 import re
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _platform
 from ._check_report import CheckReport, DedupeRefusedError, inspect, plural
 from ._check_scan import Source
 from ._errors import IndexReadError
-from ._files import pread_all, sidecar_name
+from ._files import open_regular, pread_all, sidecar_name
 from ._handles import journal_path
 from ._journal import read_journal, torn_append_start
 from ._table import BOM, read_header
@@ -109,27 +107,9 @@ def check_index(index_path: str | os.PathLike[str], filepath_column: str = "path
     return report
 
 
-def _open_regular(path: str | os.PathLike[str]) -> int:
-    """Open ``path`` for reading; OSError unless it is a regular file.
-
-    Opening never waits: a FIFO (or a device) is refused, not read.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _platform.O_BINARY)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _inspect_file(path: Path, filepath_column: str) -> CheckReport:
     """Inspect the regular file at ``path``, up to an append a crash cut short."""
-    fd = _open_regular(path)
+    fd = open_regular(path)
     try:
         st = os.fstat(fd)
         end = torn_append_start(read_journal(journal_path(os.path.realpath(path))), fd, st)
@@ -207,7 +187,7 @@ def index_columns(index_path: Path) -> list[str] | None:
         The file cannot be read.
     """
     head = b""
-    with open(_open_regular(index_path), "rb") as f:
+    with open(open_regular(index_path), "rb") as f:
         while len(head) < _HEADER_MAX:
             line = f.readline(_HEADER_MAX)
             head += line

@@ -20,6 +20,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "BoundedReader",
     "append",
     "new_temp_name",
+    "open_regular",
     "pread_all",
     "replace",
     "write_all",
@@ -64,6 +66,28 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
                 e,
             )
         raise
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """Open ``path`` read-only, refusing at once what is not a regular file.
+
+    Opened without blocking, so a FIFO at the path does not wait for a
+    writer (or a device is read); a directory or anything else but a
+    regular file raises with the path named, and the descriptor is closed.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _platform.O_BINARY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(
+                errno.EINVAL, "not a regular file: an index must be a file", os.fspath(path)
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def new_temp_name(path: str) -> str:

@@ -45,7 +45,6 @@ __all__ = [
     "IndexSlot",
     "LockFile",
     "close_slot",
-    "generation",
     "journal_name",
     "journal_path",
     "known_state",
@@ -73,26 +72,34 @@ class IndexSlot:
         The index's real path (symbolic links resolved) as first seen; other
         spellings of the same file (bind mounts) may differ.
     opened_via : str
-        The real path ``index_fd`` and ``journal_fd`` were opened through
-        (a writer using another spelling reopens them through its own, so
-        that a read-only mount stays read-only).
+        The real path ``index_fd`` and the journal were opened through (a
+        writer using another spelling reopens them through its own, so that
+        a read-only mount stays read-only).
     journal_path : str
         The crash journal in use, a hidden file next to the index (or next
         to the lock file where the index's directory is not writable).
-    index_fd, journal_fd : int
-        Cached descriptors (-1 when closed), used only while holding
-        ``mutex``.
+    index_fd : int
+        The index, open for appending (-1 when closed); used, like
+        ``journal``, only while holding ``mutex``.
+    journal : Journal | None
+        The crash journal, open (None when closed).
+    other_journal : str
+        The other place a journal of this index may be kept ("" if none):
+        recovery reads it when ours does not explain the file's end.
     state : IndexState | None
         What is known about the file (:mod:`._state`).
+    last_used : int
+        When it was last used (:func:`tick`), for closing the least recently
+        used.
+    evicted : bool
+        Closed for good and dropped from the registry: look it up again.
     """
 
     __slots__ = (
         "evicted",
         "index_fd",
         "journal",
-        "journal_fd",
         "journal_path",
-        "key",
         "last_used",
         "mutex",
         "opened_via",
@@ -101,14 +108,12 @@ class IndexSlot:
         "state",
     )
 
-    def __init__(self, key: tuple[int, int, str], path: str) -> None:
-        self.key = key
+    def __init__(self, path: str) -> None:
         self.path = path
         self.opened_via = path
         self.journal_path = journal_path(path)
         self.mutex = threading.RLock()
         self.index_fd = -1
-        self.journal_fd = -1
         self.journal: Journal | None = None
         self.other_journal = ""  # where a journal of this index may be kept, if not ours
         self.state: IndexState | None = None
@@ -117,13 +122,13 @@ class IndexSlot:
 
     def close_files(self) -> None:
         """Close the cached descriptors (the caller holds ``mutex``)."""
-        self.journal = None
-        for name in ("index_fd", "journal_fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                setattr(self, name, -1)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        while self.journal is not None or self.index_fd >= 0:
+            if self.journal is not None:  # forgotten first, then closed: never twice
+                fd, self.journal = self.journal.fd, None
+            else:
+                fd, self.index_fd = self.index_fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class LockFile:
@@ -213,12 +218,6 @@ _slots: dict[tuple[int, int, str], IndexSlot] = {}
 _resolved: dict[str, tuple[IndexSlot, str]] = {}  # path as given -> (slot, real path)
 _lock_files: dict[tuple[int, int], LockFile] = {}
 _lock_paths: dict[str, LockFile] = {}
-_generation = 0
-
-
-def generation() -> int:
-    """Changes whenever the registries are reset (in a forked child)."""
-    return _generation
 
 
 def _reset_after_fork() -> None:
@@ -227,7 +226,7 @@ def _reset_after_fork() -> None:
     # inherited descriptors are closed now, while the child holds no lock:
     # closing them later would release a lock the child had taken meanwhile
     # through a new descriptor.
-    global _guard, _slots, _resolved, _lock_files, _lock_paths, _generation
+    global _guard, _slots, _resolved, _lock_files, _lock_paths
     for slot in _slots.values():
         slot.close_files()
     for lock in {*_lock_files.values(), *_lock_paths.values()}:
@@ -236,7 +235,6 @@ def _reset_after_fork() -> None:
                 os.close(lock.fd)
     _guard = threading.Lock()
     _slots, _resolved, _lock_files, _lock_paths = {}, {}, {}, {}
-    _generation += 1
 
 
 _platform.register_after_fork(_reset_after_fork)
@@ -291,9 +289,10 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
     slot = _slots.get(key)
     if slot is None:
         with _guard:
-            slot = _slots.setdefault(key, IndexSlot(key, real))
+            slot = _slots.setdefault(key, IndexSlot(real))
         _evict(_slots)
-    _resolved[index] = (slot, real)
+    with _guard:  # an eviction in another thread iterates over it
+        _resolved[index] = (slot, real)
     return slot, real
 
 
@@ -355,7 +354,8 @@ def _evict(registry: dict[Any, Any]) -> None:
     limit = open_limit()
     if len(registry) <= limit:
         return
-    victims = sorted(registry.items(), key=lambda kv: kv[1].last_used)
+    with _guard:  # other threads add entries meanwhile
+        victims = sorted(registry.items(), key=lambda kv: kv[1].last_used)
     for key, item in victims[: len(registry) - limit]:
         if not item.mutex.acquire(blocking=False):
             continue  # in use: never close a descriptor that may hold a lock

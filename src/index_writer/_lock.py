@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _handles, _platform
+from . import _files, _handles, _platform
 from ._handles import IndexSlot, LockFile
 from ._journal import (
     Journal,
@@ -338,7 +338,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
     s.fd, s.st = fd, st
     if slot.journal is None:
         journal_fd, path = open_journal(s.path, lock_path, st)
-        slot.journal_fd, slot.journal_path = journal_fd, path
+        slot.journal_path = path
         slot.journal = Journal(journal_fd, path)
         others = {journal_path(s.path), journal_path(lock_path)} - {path}
         slot.other_journal = others.pop() if others else ""
@@ -399,7 +399,7 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
     """
     slot = s.slot
     try:
-        lockfile = _open_regular(lock_path)
+        lockfile = io.FileIO(_files.open_regular(lock_path), "r")
     except OSError as e:
         # Missing, unreadable, a directory, or a name too long for any writer
         # to have created: nothing to lock.
@@ -414,7 +414,7 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
             raise LockTimeout(_holder(lockfile.fileno(), slot))
     while True:
         try:
-            index = _open_regular(s.path)
+            index = io.FileIO(_files.open_regular(s.path), "r")
         except FileNotFoundError:
             return False
         files.append(index)
@@ -466,24 +466,6 @@ def _locks_unsupported(e: OSError, lock_path: str) -> OSError:
         "filesystem, or give lock_path on a filesystem that locks",
         lock_path,
     )
-
-
-def _open_regular(path: str) -> io.FileIO:
-    """Open ``path`` read-only, refusing at once what is not a regular file.
-
-    Opened without blocking, so a FIFO at the path does not wait for a
-    writer; a directory or a FIFO raises with the path named.
-    """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | _platform.O_BINARY)
-    # No handler closes ``fd`` here: an interrupt after the FileIO took it
-    # would close it twice (and maybe another file that reused the number).
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        return io.FileIO(fd, "r")
-    os.close(fd)
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-    raise OSError(errno.EINVAL, "not a regular file: an index must be a file", path)
 
 
 def _holder(fd: int, slot: IndexSlot) -> str | None:

@@ -158,12 +158,6 @@ class IndexWriter:
             f"durable={self.durable!r})"
         )
 
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
     def __enter__(self) -> IndexWriter:
         return self
 
