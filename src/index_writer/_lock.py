@@ -51,7 +51,7 @@ from ._journal import (
     torn_append_start,
 )
 
-__all__ = ["RECHECK", "Session", "poll", "run_locked"]
+__all__ = ["RECHECK", "LockTimeout", "Session", "poll", "run_locked"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,7 @@ class Session:
     path : str
         The index's real path, as this call spells it.
     fd : int
-        The index, open (for appending, for writers); -1 for a reader of a
-        missing index.
+        The index, open (for appending, for writers).
     st : os.stat_result | None
         Its ``fstat`` after locking.
     created : bool
@@ -195,12 +194,9 @@ def run_locked(
             slot.last_used = lock.last_used = _handles.tick()
             try:
                 if write:
-                    if not (  # the lock file kept open, free, and checked lately
-                        lock.fd >= 0
-                        and _platform.try_lock(lock.fd, True)
-                        and time.monotonic() - lock.checked < RECHECK
-                    ):
-                        _lock_lock_file(lock, slot, deadline)
+                    tried = _platform.try_lock(lock.fd, True) if lock.fd >= 0 else None
+                    if not (tried and time.monotonic() - lock.checked < RECHECK):
+                        _lock_lock_file(lock, slot, deadline, tried)
                     if not _open_for_write(s, lock, lock_path, create):
                         return step(None)
                 elif not _open_for_read(s, lock_path, reader_files):
@@ -255,14 +251,23 @@ def _unlock_quietly(fd: int, path: str) -> None:
         logger.warning("could not unlock %s: %s", path, e)
 
 
-def _lock_lock_file(lock: LockFile, slot: IndexSlot, deadline: float | None) -> None:
-    """Take the lock file's exclusive lock, on the file currently at its path."""
+def _lock_lock_file(
+    lock: LockFile, slot: IndexSlot, deadline: float | None, tried: bool | None = None
+) -> None:
+    """Take the lock file's exclusive lock, on the file currently at its path.
+
+    ``tried``: what the caller's own attempt on ``lock.fd`` gave (taken, or
+    busy), so it is not repeated; None if it made none.
+    """
     while True:
         if lock.fd < 0:
             got = lock.open_and_try()
             lock.checked = time.monotonic()
-        else:
+        elif tried is None:
             got = _platform.try_lock(lock.fd, True)
+        else:
+            got = tried
+        tried = None
         if got:
             if time.monotonic() - lock.checked < RECHECK:
                 return
