@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import fasteners
 
-from index_writer import IndexWriter, _handles, _journal, _lock
+from index_writer import IndexWriter, _handles, _journal, _lock, _writer
 
 #: The first bytes of a crash journal.
 JOURNAL_MAGIC = _journal.MAGIC
@@ -199,3 +199,8 @@ def temp_name(index: str | os.PathLike[str]) -> str:
     from index_writer import _files
 
     return _files.new_temp_name(os.path.realpath(index))
+
+
+def replace_contents(writer: IndexWriter, new: bytes) -> bool:
+    """Rewrite ``writer``'s whole index to ``new`` as ``dedupe`` does (maintenance)."""
+    return _writer.replace_contents(writer, lambda fd, size: [new])

@@ -7,6 +7,7 @@ these tests cover what the check makes of it.
 from __future__ import annotations
 
 import csv
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import _internals
 from index_writer import (
     DedupeRefusedError,
     IndexReadError,
@@ -110,6 +112,20 @@ def test_dedupe_refuses_malformed_file(tmp_path: Path) -> None:
         dedupe(index)
     assert not info.value.report.clean
     assert index.read_bytes() == content
+
+
+@pytest.mark.parametrize("where", ["index missing", "directory missing"])
+def test_rewriting_an_index_that_is_gone_raises_and_creates_no_index(
+    tmp_path: Path, where: str
+) -> None:
+    """The index vanished after dedupe looked (deleted by someone): our error, no new file."""
+    index = tmp_path / "i.csv" if where == "index missing" else tmp_path / "gone" / "i.csv"
+    with pytest.raises(IndexReadError) as info:
+        _internals.replace_contents(IndexWriter(index), b"path\n")
+    assert isinstance(info.value.original_exception, FileNotFoundError)
+    assert not index.exists()
+    assert not os.path.exists(_internals.journal_path(index))
+    assert index.parent.exists() == (where == "index missing")
 
 
 def test_missing_or_unreadable_file(tmp_path: Path) -> None:

@@ -391,8 +391,13 @@ class IndexWriter:
             if s.created and not committed:
                 _remove_if_empty(s)
 
-    def _run(self, write: bool, step: Callable[[Session | None, _Phase], _T]) -> _T:
+    def _run(
+        self, write: bool, step: Callable[[Session | None, _Phase], _T], *, create: bool = True
+    ) -> _T:
         """Run ``step`` under the lock; the one place errors become ours.
+
+        A writer (``write``) creates a missing index unless ``create`` is
+        False (then ``step`` gets None, as a reader of a missing index does).
 
         ``OSError`` becomes :class:`IndexWriteError` for writes, or
         :class:`IndexReadError` for reads and while ``step`` says it is
@@ -406,7 +411,7 @@ class IndexWriter:
                 self._index,
                 self._lock_abs,
                 write=write,
-                create=write,
+                create=write and create,
                 timeout=self.timeout,
                 step=lambda s: step(s, phase),
             )
@@ -481,7 +486,7 @@ def replace_contents(
         finally:
             s.slot.state = None
 
-    return writer._run(True, step) if os.path.lexists(writer._index) else step(None, _Phase(True))
+    return writer._run(True, step, create=False)
 
 
 def copy_snapshot(writer: IndexWriter, out: int) -> bool:
