@@ -127,7 +127,7 @@ def path_offsets(writer: IndexWriter, paths: Iterable[str]) -> tuple[dict[str, i
 
 def journal_path(index: str | os.PathLike[str]) -> str:
     """The file holding ``index``'s crash journal."""
-    return _handles.journal_path(os.path.realpath(index))
+    return _journal.journal_path(os.fspath(index))
 
 
 def journal_record(index: str | os.PathLike[str]) -> dict[str, object] | None:

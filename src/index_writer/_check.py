@@ -35,8 +35,7 @@ from ._check_report import CheckReport, DedupeRefusedError, inspect, plural
 from ._check_scan import Source
 from ._errors import IndexReadError
 from ._files import open_regular, pread_all, sidecar_name
-from ._handles import journal_path
-from ._journal import read_journal, torn_append_start
+from ._journal import journal_path, read_journal, torn_append_start
 from ._table import BOM, read_header
 
 __all__ = ["CheckReport", "DedupeRefusedError", "check_index", "dedupe"]
@@ -112,7 +111,7 @@ def _inspect_file(path: Path, filepath_column: str) -> CheckReport:
     fd = open_regular(path)
     try:
         st = os.fstat(fd)
-        end = torn_append_start(read_journal(journal_path(os.path.realpath(path))), fd, st)
+        end = torn_append_start(read_journal(journal_path(os.fspath(path))), fd, st)
         report, _ = inspect(
             Source(path, fd=fd, size=st.st_size if end is None else end),
             filepath_column,

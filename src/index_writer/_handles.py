@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import fasteners
 
-from . import _files, _platform
+from . import _journal, _platform
 
 if TYPE_CHECKING:
     from ._journal import Journal
@@ -45,8 +45,6 @@ __all__ = [
     "IndexSlot",
     "LockFile",
     "close_slot",
-    "journal_name",
-    "journal_path",
     "known_state",
     "lock_file_for",
     "open_limit",
@@ -111,7 +109,7 @@ class IndexSlot:
     def __init__(self, path: str) -> None:
         self.path = path
         self.opened_via = path
-        self.journal_path = journal_path(path)
+        self.journal_path = _journal.journal_path(path)
         self.mutex = threading.RLock()
         self.index_fd = -1
         self.journal: Journal | None = None
@@ -238,27 +236,6 @@ def _reset_after_fork() -> None:
 
 
 _platform.register_after_fork(_reset_after_fork)
-
-
-def journal_name(index_path: str) -> str:
-    """The crash journal's file name for the index at ``index_path``.
-
-    ``.NAME.journal``, hidden next to the index (shortened for a name too long
-    for the filesystem).
-
-    Examples
-    --------
-    >>> journal_name("/data/out/index.csv")
-    '.index.csv.journal'
-    """
-    directory, name = os.path.split(index_path)
-    return _files.sidecar_name(name, "journal", hidden=True, directory=directory)
-
-
-def journal_path(index_path: str) -> str:
-    """Where the crash journal of the index at real path ``index_path`` lives."""
-    directory = os.path.dirname(index_path)
-    return os.path.join(directory, journal_name(index_path))
 
 
 def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | None:

@@ -18,7 +18,7 @@ writer (or reader) can tell a change a crash cut short from data:
   atomic rename. A finished rewrite is marked done.
 
 The journal lives in its own small file next to the index (``.NAME.journal``,
-see :func:`._handles.journal_name`; next to the lock file for a writer that
+see :func:`journal_name`; next to the lock file for a writer that
 may not create files in the index's directory: :func:`open_journal`), not in
 the lock file, so it survives the lock file being deleted -- med-imagetools
 deletes ``NAME.lock`` at the end of a run, and people ``rm *.lock``. Do not
@@ -40,7 +40,7 @@ import time
 import zlib
 from typing import Any
 
-from . import _files, _handles, _platform
+from . import _files, _platform
 
 __all__ = [
     "HEAD",
@@ -49,6 +49,7 @@ __all__ = [
     "Record",
     "append_record",
     "cut_utf8_tail",
+    "journal_name",
     "journal_path",
     "open_journal",
     "read_journal",
@@ -408,6 +409,25 @@ def open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, s
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def journal_name(index_path: str) -> str:
+    """The crash journal's file name for the index at ``index_path``.
+
+    ``.NAME.journal``, hidden next to the index (shortened for a name too long
+    for the filesystem).
+
+    Examples
+    --------
+    >>> journal_name("/data/out/index.csv")
+    '.index.csv.journal'
+    """
+    directory, name = os.path.split(index_path)
+    return _files.sidecar_name(name, "journal", hidden=True, directory=directory)
+
+
 def journal_path(path: str) -> str:
-    """The journal file that belongs next to ``path`` (an index or a lock file)."""
-    return _handles.journal_path(os.path.realpath(path))
+    """The journal file that belongs next to ``path`` (an index or a lock file).
+
+    Next to the file itself: symbolic links in ``path`` are resolved.
+    """
+    real = os.path.realpath(path)
+    return os.path.join(os.path.dirname(real), journal_name(real))
