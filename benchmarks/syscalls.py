@@ -43,7 +43,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from index_writer._handles import journal_name
+from index_writer._journal import journal_name
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
