@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 from pathlib import Path
 
+import pytest
+
 import _internals
-from index_writer import IndexWriter
+from _system import in_child
+from index_writer import IndexLockTimeoutError, IndexWriter
 
 
 def _write(index: str, path: str) -> None:
@@ -49,3 +53,53 @@ def test_the_lock_file_alone_would_not_have_been_enough(tmp_path: Path) -> None:
         child.join(timeout=60)
         assert child.exitcode == 0  # it wrote while we "held the lock"
     assert [r["path"] for r in holder.read_rows()] == ["first", "second"]
+
+
+def _lock_file_descriptor(lock_path: str) -> int:
+    """The descriptor this process has open on ``lock_path``."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == lock_path:
+                return int(fd)
+        except OSError:  # the descriptor listdir used, gone
+            continue
+    raise AssertionError(f"{lock_path} is not open")
+
+
+def _reuse_then_drop(number: int, sentinel: str, keep: list[object]) -> str:
+    """In the child: put a file of its own at ``number``, then drop the inherited objects."""
+    fd = os.open(sentinel, os.O_RDONLY)
+    if fd != number:
+        os.dup2(fd, number)  # the number the parent's lock file had (closed at the fork)
+        os.close(fd)
+    keep.clear()  # the last reference to the parent's objects goes
+    gc.collect()
+    return os.readlink(f"/proc/self/fd/{number}")  # still the child's file?
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_forked_child_keeps_its_descriptors_when_inherited_objects_are_collected(
+    tmp_path: Path,
+) -> None:
+    """Objects a child inherits close nothing of the child's when they go.
+
+    The parent's lock file handle stays reachable after the fork -- here from
+    a lock timeout's traceback, kept by the caller -- and is collected in the
+    child after the child opened a file of its own under the same number.
+    """
+    index = str(tmp_path / "index.csv")
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_text("mine")
+    w = IndexWriter(index)
+    w.write_entry("a", {"k": 1})  # the lock file is open in this process
+    number = _lock_file_descriptor(os.path.realpath(index + ".lock"))
+    keep: list[object] = []
+    with _internals.holding_lock(w):
+        try:
+            IndexWriter(index, timeout=0.01).write_entry("x", {"k": 0})
+        except IndexLockTimeoutError as e:
+            keep.append(e)  # its traceback holds the lock file's handle
+    assert keep
+    assert in_child(_reuse_then_drop, number, str(sentinel), keep) == str(sentinel)
+    w.write_entry("b", {"k": 2})  # and the parent's own handle still works
+    assert [r["path"] for r in w.read_rows()] == ["a", "b"]

@@ -203,6 +203,22 @@ class LockFile:
                 del _lock_files[self.identity]
         self.identity = None
 
+    def close_after_fork(self) -> None:
+        """Close the descriptor a forked child inherited (no mutex or registry lock used).
+
+        Closed through fasteners' file object, which then knows: were only
+        the number closed, the object -- kept alive by, say, a traceback in
+        a reference cycle -- would close it again when collected, by then
+        maybe a file the child opened since under the same number.
+        """
+        lockfile, self._ipl.lockfile = self._ipl.lockfile, None
+        self._ipl.acquired = False
+        self.fd = -1
+        self.evicted = True
+        if lockfile is not None:
+            with contextlib.suppress(OSError):
+                lockfile.close()
+
     def _note_identity(self, identity: tuple[int, int]) -> None:
         self.identity = identity
         with _guard:
@@ -228,9 +244,7 @@ def _reset_after_fork() -> None:
     for slot in _slots.values():
         slot.close_files()
     for lock in {*_lock_files.values(), *_lock_paths.values()}:
-        if lock.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(lock.fd)
+        lock.close_after_fork()
     _guard = threading.Lock()
     _slots, _resolved, _lock_files, _lock_paths = {}, {}, {}, {}
 
