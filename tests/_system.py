@@ -145,3 +145,19 @@ def open_descriptors() -> list[str]:
 def listing(directory: Path) -> list[str]:
     """Every file and directory under ``directory`` (relative, sorted)."""
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def require_fuse() -> None:
+    """Skip where FUSE cannot be mounted; fail where only the project's tools are missing.
+
+    ``.ci/run`` installs what the FUSE tests need, so a missing tool is a
+    broken set-up, not a reason to skip.
+    """
+    import fusefs
+
+    reason = fusefs.cannot_mount()
+    if reason:
+        pytest.skip(f"FUSE cannot be mounted here: {reason}")
+    missing = fusefs.missing_tools()
+    if missing:
+        pytest.fail(f"the FUSE tests need tools the project installs: {missing}")

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 import fusefs
 from _cli_run import console_script, run
+from _system import require_fuse
 from index_writer._check import check_index
 from index_writer._doctor import (
     MOUNT_RULES,
@@ -58,12 +59,7 @@ from index_writer._doctor.records import replace_version as _replace_version
 @pytest.fixture
 def fuse(tmp_path: Path) -> Iterator[Callable[..., Path]]:
     """Mount FUSE passthroughs: ``fuse(locks="nolock", delay=0.0) -> mount point``."""
-    reason = fusefs.cannot_mount()
-    if reason:
-        pytest.skip(f"FUSE cannot be mounted here: {reason}")
-    missing = fusefs.missing_tools()
-    if missing:
-        pytest.fail(f"the FUSE tests need tools the project installs: {missing}")
+    require_fuse()
     numbers = itertools.count()
     with contextlib.ExitStack() as stack:
 
@@ -663,9 +659,7 @@ def test_harness_lock_modes(fuse: Callable[..., Path]) -> None:
 
 
 def test_harness_unmounts_after_a_failure(tmp_path: Path) -> None:
-    reason = fusefs.cannot_mount() or fusefs.missing_tools()
-    if fusefs.cannot_mount():
-        pytest.skip(f"FUSE cannot be mounted here: {reason}")
+    require_fuse()
     (tmp_path / "src").mkdir()
     mnt = tmp_path / "mnt"
     opened: list[int] = []

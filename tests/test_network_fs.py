@@ -21,6 +21,7 @@ import pytest
 
 import _internals
 import fusefs
+from _system import require_fuse
 from _workers import check_index, context_for, entry_path
 from index_writer import IndexWriter
 
@@ -28,12 +29,7 @@ from index_writer import IndexWriter
 @pytest.fixture
 def fuse_dir(tmp_path: Path) -> Iterator[Path]:
     """A FUSE passthrough mount (kernel-kept locks, as on a local disk)."""
-    reason = fusefs.cannot_mount()
-    if reason:
-        pytest.skip(f"FUSE cannot be mounted here: {reason}")
-    missing = fusefs.missing_tools()
-    if missing:
-        pytest.fail(f"the FUSE tests need tools the project installs: {missing}")
+    require_fuse()
     source = tmp_path / "source"
     source.mkdir()
     with fusefs.mounted(source, tmp_path / "mount", locks="kernel") as mnt:
