@@ -619,3 +619,14 @@ def kill_inside_a_big_append(
 
 fake_journal_record = _internals.write_journal
 fake_append_journal = _internals.write_append_journal
+
+
+def write_until_told(index: str, tag: str, started: Any, stop: Any) -> None:
+    """Write entries one by one, as fast as possible, until ``stop`` is set."""
+    writer = IndexWriter(index)
+    i = 0
+    while not stop.is_set():
+        writer.write_entry(entry_path(tag, i), {"i": i})
+        i += 1
+        if i == 100:
+            started.release()

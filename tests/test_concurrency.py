@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,12 @@ from _workers import (
     check_index,
     context_for,
     entry_path,
+    read_csv,
     run_in_threads,
     thread_paths,
     write_range,
     write_threads,
+    write_until_told,
 )
 from index_writer import IndexWriter
 
@@ -438,3 +441,38 @@ def test_lock_timeout_across_threads(tmp_path: Path) -> None:
         t.join()
     IndexWriter(index, timeout=0.2).write_entry("late.nii", {"x": 1})
     assert [r["path"] for r in IndexWriter(index).read_rows()] == ["first.nii", "late.nii"]
+
+
+def test_a_waiter_gets_its_turn_while_others_write_back_to_back(tmp_path: Path) -> None:
+    # Waiting writers poll the lock; one that starts waiting while two other
+    # processes write as fast as they can must still get the lock soon, not
+    # only once they stop.
+    index = str(tmp_path / "index.csv")
+    started, stop = FORK.Semaphore(0), FORK.Event()
+    hogs = [FORK.Process(target=write_until_told, args=(index, f"hog{k}", started, stop))
+            for k in range(2)]
+    for p in hogs:
+        p.start()
+    try:
+        for _ in hogs:
+            assert started.acquire(timeout=60)
+        waits = []
+        for i in range(5):
+            t0 = time.monotonic()
+            IndexWriter(index).write_entry(f"waiter/{i}.nii", {"i": i})
+            waits.append(time.monotonic() - t0)
+        # The others were still writing when the waiter got its turn: they
+        # go on adding rows after its last one.
+        deadline = time.monotonic() + 60
+        while True:
+            paths = [r[0] for r in read_csv(index)[1]]
+            if len(paths) - paths.index("waiter/4.nii") > 50 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert len(paths) - paths.index("waiter/4.nii") > 50
+    finally:
+        stop.set()
+        for p in hogs:
+            p.join(60)
+    assert [p.exitcode for p in hogs] == [0, 0]
+    assert max(waits) < 5, waits

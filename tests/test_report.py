@@ -78,8 +78,8 @@ NOT_THE_BENCHMARKS = {
     "concurrency.md": {
         # fasteners' and the writer's lock polling intervals: settings.
         "10 to 100 ms": "fasteners' polling interval",
-        "1 ms": "the writer's polling interval with a timeout",
-        "10 ms": "the writer's polling interval with a timeout",
+        "1 ms": "the writer's polling interval",
+        "10 ms": "the writer's polling interval",
         "10 minutes": "the timeout in the example",
     },
     "clusters.md": {

@@ -62,8 +62,8 @@ _T = TypeVar("_T")
 #: one). After waiting for the lock it always checks.
 RECHECK = 0.1
 
-#: How a busy lock is polled when a timeout is set (or the platform cannot
-#: wait in the kernel): first retry after 1 ms, backing off to 10 ms.
+#: How a busy lock is polled (:func:`_wait`): first retry after 1 ms,
+#: backing off to 10 ms.
 POLL_DELAY = 0.001
 POLL_MAX_DELAY = 0.01
 
@@ -138,9 +138,17 @@ def poll(attempt: Callable[[], bool], deadline: float | None) -> bool:
 
 
 def _wait(fd: int, exclusive: bool, deadline: float | None) -> bool:
-    """Wait for the ``lockf`` lock on ``fd`` and take it; False at the deadline."""
-    if deadline is None and _platform.lock_blocking(fd, exclusive):
-        return True
+    """Wait for the ``lockf`` lock on ``fd`` and take it; False at the deadline.
+
+    The lock is polled (:func:`poll`), with or without a deadline, rather
+    than waited for in the kernel (``F_SETLKW``): a waiter asleep is not
+    woken by every unlock, so a busy lock passes from writer to writer after
+    a run of writes rather than after each one, and many writers spend their
+    time writing instead of waking each other up (see the contention
+    benchmark in the performance guide). A waiter still gets its turn: the
+    holder leaves the lock free between its calls while it does its
+    bookkeeping and prepares the next rows.
+    """
     return poll(lambda: _platform.try_lock(fd, exclusive), deadline)
 
 

@@ -11,7 +11,6 @@ import os
 import stat
 import struct
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,6 @@ __all__ = [
     "O_BINARY",
     "copy_ownership",
     "fsync_directory",
-    "lock_blocking",
     "lock_holder",
     "mark_superseded",
     "name_max",
@@ -123,10 +121,6 @@ if os.name == "nt":  # pragma: no cover - not run on Linux CI
             return False
         return True
 
-    def lock_blocking(fd: int, exclusive: bool) -> bool:
-        """No kernel wait without a timeout here: the caller polls."""
-        return False
-
     def unlock(fd: int) -> None:
         os.lseek(fd, 0, os.SEEK_SET)
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
@@ -148,32 +142,10 @@ else:
         try:
             fcntl.lockf(fd, mode | fcntl.LOCK_NB)
         except OSError as e:
-            # EDEADLK: see lock_blocking.
-            if e.errno in (errno.EACCES, errno.EAGAIN, errno.EDEADLK):
+            if e.errno in (errno.EACCES, errno.EAGAIN):
                 return False
             raise
         return True
-
-    def lock_blocking(fd: int, exclusive: bool) -> bool:
-        """Wait in the kernel for the lock and take it; True once held.
-
-        fasteners polls with sleeps of 10 to 100 ms when the lock is busy,
-        which caps a contended index at a few hundred writes per second.
-        ``F_SETLKW`` wakes the waiter as soon as the holder unlocks.
-        """
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        while True:
-            try:
-                fcntl.lockf(fd, mode)
-                return True
-            except OSError as e:
-                # EDEADLK: the kernel sees a cycle through *processes*, but our
-                # threads never wait for a lock while holding another index's,
-                # so it is a false alarm from another thread's lock; back off
-                # briefly and retry.
-                if e.errno != errno.EDEADLK:
-                    raise
-                time.sleep(0.001)
 
     def unlock(fd: int) -> None:
         fcntl.lockf(fd, fcntl.LOCK_UN)

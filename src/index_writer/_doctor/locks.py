@@ -4,8 +4,8 @@ The probes lock descriptors of their own files, not an index, so they call the
 platform's lock primitives (:func:`index_writer._platform.try_lock` and
 :func:`~index_writer._platform.unlock`: on POSIX the ``lockf`` lock that
 fasteners and index-writer take) directly, without the index's lock
-machinery. Waiting polls :func:`try_lock` instead of waiting in the kernel:
-a check must give up at its deadline, and ``lock_blocking`` waits forever.
+machinery. Waiting polls :func:`try_lock`, as writers do, until the check's
+deadline.
 """
 
 from __future__ import annotations
