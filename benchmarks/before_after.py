@@ -15,7 +15,10 @@ Measured, interleaved and each in a new process, medians over the repeats:
   index of 1,000 to 1,000,000 rows, after two untimed writes, for both
   versions and for the floor (a fasteners lock around one ``os.write``), as
   in ``compare.py``;
-* a new process's first ``replace_existing`` write into 1,000,000 rows.
+* a new process's first ``replace_existing`` write into 1,000,000 rows;
+* real replacements (``replace_existing=True`` with a changed value, which
+  rewrites the file) in indexes of 100,000 and 1,000,000 rows, after two
+  untimed ones.
 
 Prints a Markdown table; nothing is written to the docs.
 """
@@ -36,6 +39,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 WRITES = 2000
+REPLACEMENTS = 5
+REPLACE_SIZES = (100_000, 1_000_000)
 
 
 def child(kind: str, master: str, work: str, n: int) -> None:
@@ -52,6 +57,18 @@ def child(kind: str, master: str, work: str, n: int) -> None:
         t0 = time.perf_counter()
         IndexWriter(index).write_entry("output/first.nii.gz", contexts[0], replace_existing=True)
         print(json.dumps({"seconds": time.perf_counter() - t0}))
+        return
+    if kind == "replace":
+        from index_writer import IndexWriter
+
+        writer = IndexWriter(index)
+        path = "output/prefill_7.nii.gz"  # a row prefill() wrote
+        for i in range(2):
+            writer.write_entry(path, {**contexts[0], "quality_score": -1 - i}, replace_existing=True)
+        t0 = time.perf_counter()
+        for i in range(REPLACEMENTS):
+            writer.write_entry(path, {**contexts[0], "quality_score": i}, replace_existing=True)
+        print(json.dumps({"seconds": (time.perf_counter() - t0) / REPLACEMENTS}))
         return
     if kind == "floor":
         write, _ = floor_writer(index)
@@ -110,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     one(impl, "floor" if impl == "floor" else "seq", size, WRITES)
             for impl in ("now", "before") if rep % 2 == 0 else ("before", "now"):
                 one(impl, "first", SIZES[-1], 0)
+                for size in REPLACE_SIZES:
+                    one(impl, "replace", size, 0)
             print(f"repeat {rep + 1}/{args.repeats} done", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -128,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     b, n = med("before", "first", SIZES[-1]), med("now", "first", SIZES[-1])
     print(f"\nA new process's first replace_existing write into {SIZES[-1]:,} rows: "
           f"before {b:.3f} s, now {n:.3f} s")
+    print(f"\nA real replacement (a changed value: the file is rewritten), "
+          f"mean of {REPLACEMENTS}, medians of {args.repeats}:\n")
+    print("| rows | before ms | now ms |")
+    print("|---:|---:|---:|")
+    for size in REPLACE_SIZES:
+        b, n = (med(i, "replace", size) * 1e3 for i in ("before", "now"))
+        print(f"| {size:,} | {b:.1f} | {n:.1f} |")
     return 0
 
 

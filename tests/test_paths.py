@@ -87,3 +87,34 @@ def test_a_hash_straddling_two_rows_is_no_candidate(weak_hash: dict[bytes, int])
     assert weak_hash[b"p2"] == 256 and weak_hash[b"p0"] == 0 and weak_hash[b"p1"] == 1
     assert m.candidates("p1") == []
     assert m.candidates("p2") == [0] and m.candidates("p0") == [3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    gaps=st.lists(st.integers(1, 50), min_size=1, max_size=40),
+    changes=st.lists(st.tuples(st.integers(0, 39), st.integers(-40, 40)), max_size=6),
+)
+def test_shift_moves_every_later_row_by_the_deltas_before_it(
+    gaps: list[int], changes: list[tuple[int, int]]
+) -> None:
+    m = _paths.PathOffsets()
+    offsets, at = [], 0
+    for i, gap in enumerate(gaps):
+        m.add(f"p{i}", at)
+        offsets.append(at)
+        at += gap
+    rows = sorted({row % len(offsets): delta for row, delta in changes}.items())
+    moves = [(offsets[row], max(delta, 1 - gaps[row])) for row, delta in rows]
+    assert m.shift(moves)
+    want = [o + sum(d for start, d in moves if start < o) for o in offsets]
+    assert list(m.starts) == want
+    for i, o in enumerate(want):
+        assert o in m.candidates(f"p{i}")
+
+
+def test_shift_refuses_an_offset_that_is_no_row_start() -> None:
+    m = _paths.PathOffsets()
+    for i, o in enumerate((0, 10, 20)):
+        m.add(f"p{i}", o)
+    assert not m.shift([(10, 5), (15, 1)])
+    assert list(m.starts) == [0, 10, 20]  # unchanged

@@ -259,6 +259,35 @@ def test_replace_keeps_other_rows_byte_exact(index: Path) -> None:
     assert index.read_bytes() == b'path,v\r\n"q,1","say ""x""\r\nnext"\r\nb,2\r\n'
 
 
+@pytest.mark.parametrize("fresh_process", [False, True])
+def test_replacements_copy_the_other_rows_as_they_are(index: Path, fresh_process: bool) -> None:
+    # A replacement that keeps the header copies every other row byte for
+    # byte (quoting, short rows, blank lines included) and keeps the writer's
+    # path map right for the rows after it, which moved.
+    head = '\ufeffpath,v,w\r\n"a",1,x\r\nb,22\r\n\r\n"m\r\nl",3,y\r\nc,4,z\r\n'
+    index.write_bytes(head.encode())
+    w = IndexWriter(index)
+    w.write_entry("b", {"v": "a much longer value", "w": "q"}, replace_existing=True)
+    want = head.replace("b,22\r\n", "b,a much longer value,q\r\n")
+    assert index.read_bytes() == want.encode()
+    if fresh_process:
+        forget()
+    w.write_entries(
+        [("c", {"v": 5}), ("m\r\nl", {"v": "", "w": ""}), ("d", {"v": 6}),
+         ("a", {"v": 1, "w": "x"})],  # "a" unchanged: its quotes stay
+        replace_existing=True,
+    )
+    want = want.replace('"m\r\nl",3,y', '"m\r\nl",,').replace("c,4,z", "c,5,") + "d,6,\r\n"
+    assert index.read_bytes() == want.encode()
+    w.write_entry("c", {"v": 7}, replace_existing=True)  # found where it moved to
+    w.write_entry("d", {"v": 8}, replace_existing=True)
+    w.write_entry("b", {"v": 9}, replace_existing=True)
+    want = want.replace("c,5,", "c,7,").replace("d,6,", "d,8,")
+    want = want.replace("b,a much longer value,q", "b,9,")
+    assert index.read_bytes() == want.encode()
+    assert [r["path"] for r in w.read_rows()] == ["a", "b", "m\r\nl", "c", "d"]
+
+
 # ---------------------------------------------------------------- merge off
 
 

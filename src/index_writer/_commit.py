@@ -29,7 +29,7 @@ from ._journal import Journal, append_record, rewrite_record
 from ._paths import PathOffsets
 from ._plan import Append, Rewrite
 from ._rows import encode
-from ._state import IndexState, count_lines, head_and_tail
+from ._state import IndexState, count_lines, head_and_tail, stored_record
 from ._table import BOM, Header, format_row, read_header
 
 __all__ = ["append", "replace_contents", "rewrite"]
@@ -76,14 +76,20 @@ def rewrite(
     """Replace the index open as ``fd`` (at path ``index``) by the file ``plan`` describes.
 
     Returns the state of the new file (its paths mapped if ``state``'s were).
+    A rewrite that only replaces rows copies the bytes around them as they
+    are (:class:`_Splice`); any other is parsed and formatted row by row
+    (:class:`_RewriteStream`).
     """
-    stream = _RewriteStream(fd, state, plan, filepath_column)
+    stream = _Splice.of(fd, state, plan, filepath_column) or _RewriteStream(
+        fd, state, plan, filepath_column
+    )
     st = _replace(fd, journal, index, stream.chunks(), durable)
     new_fd = os.open(index, os.O_RDONLY | _platform.O_BINARY)
     try:
         head, tail = head_and_tail(new_fd, st.st_size)
     finally:
         os.close(new_fd)
+    paths_column, paths = stream.mapped_paths()
     return IndexState(
         st,
         Header(list(plan.columns), state.header.bom, state.header.eol),
@@ -92,8 +98,8 @@ def rewrite(
         ends_clean=True,
         head=head,
         tail=tail,
-        paths_column=stream.paths_column,
-        paths=stream.paths,
+        paths_column=paths_column,
+        paths=paths,
     )
 
 
@@ -166,6 +172,10 @@ class _RewriteStream:
         self.lines += count_lines(text)
         return data
 
+    def mapped_paths(self) -> tuple[str | None, PathOffsets | None]:
+        """The new file's path map (once :meth:`chunks` is exhausted), and its column."""
+        return self.paths_column, self.paths
+
     def chunks(self) -> Iterator[bytes]:
         columns = self._plan.columns
         replacements = self._plan.replacements
@@ -191,6 +201,94 @@ class _RewriteStream:
             yield self._emit(fields)
         for row in self._plan.appends:
             yield self._emit([row.get(c, "") for c in columns])
+
+
+class _Splice:
+    """A rewrite that only replaces rows: the bytes around them are copied as they are.
+
+    Possible when the header stays, each replaced path is held by a single
+    row, the file ends with a line terminator and ``state`` maps the paths:
+    then each replaced row's extent is known, the rest of the file is
+    copied in large blocks instead of being parsed and formatted again, and
+    the path map is kept, its offsets shifted (:meth:`PathOffsets.shift`).
+    """
+
+    #: Bytes copied from the old file per read.
+    BLOCK = 1 << 20
+
+    def __init__(
+        self,
+        fd: int,
+        state: IndexState,
+        cuts: list[tuple[int, int, bytes]],
+        appends: list[tuple[str, bytes]],
+        lines: int,
+    ) -> None:
+        self._fd = fd
+        self._state = state
+        self._cuts = cuts  # (start, end, new bytes) in file order
+        self._appends = appends  # (path, bytes) added at the end
+        self.lines = lines
+
+    @classmethod
+    def of(
+        cls, fd: int, state: IndexState, plan: Rewrite, filepath_column: str
+    ) -> _Splice | None:
+        """The splice doing ``plan``, or None where it cannot."""
+        columns = plan.columns
+        if (
+            state.paths is None
+            or state.paths_column != filepath_column
+            or not state.ends_clean
+            or columns != state.header.columns
+            or any(len(plan.stored_at.get(path, ())) != 1 for path in plan.replacements)
+        ):
+            return None
+        eol = state.header.eol
+        rows = [*plan.replacements.values(), *plan.appends]
+        lines = state.lines
+        cuts = []
+        for path, row in plan.replacements.items():
+            start = plan.stored_at[path][0]
+            _, end = stored_record(fd, state, start)
+            if end <= start:
+                return None
+            old = _platform.pread(fd, end - start, start)
+            text = format_row([row.get(c, "") for c in columns], eol)
+            cuts.append((start, end, encode(text, rows)))
+            lines += count_lines(text) - count_lines(old.decode("utf-8"))
+        cuts.sort()
+        appends = []
+        for row in plan.appends:
+            text = format_row([row.get(c, "") for c in columns], eol)
+            appends.append((row.get(filepath_column, ""), encode(text, rows)))
+            lines += count_lines(text)
+        return cls(fd, state, cuts, appends, lines)
+
+    def chunks(self) -> Iterator[bytes]:
+        at = 0
+        for start, end, data in [*self._cuts, (self._state.size, self._state.size, b"")]:
+            while at < start:
+                block = _files.pread_all(self._fd, min(self.BLOCK, start - at), at)
+                at += len(block)
+                yield block
+            yield data
+            at = end
+        for _, data in self._appends:
+            yield data
+
+    def mapped_paths(self) -> tuple[str | None, PathOffsets | None]:
+        """The path map, moved to the new file's offsets; None if that failed."""
+        state, paths = self._state, self._state.paths
+        assert paths is not None
+        moves = [(start, len(data) - (end - start)) for start, end, data in self._cuts]
+        if not paths.shift(moves):
+            return None, None  # not as expected: map the file afresh when needed
+        offset = state.size + sum(delta for _, delta in moves)
+        for path, data in self._appends:
+            paths.add(path, offset)
+            offset += len(data)
+        return state.paths_column, paths
 
 
 def _bytes_len(s: str) -> int:

@@ -337,7 +337,8 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             break
         _platform.unlock(fd)
         slot.close_files()
-        slot.state = None
+        # The state stays: it is checked against the file opened next, which
+        # it describes if this process's own rewrite put it there.
     if lock.created and stat.S_ISREG(st.st_mode):
         # We made the lock file: every user who may write the index must be
         # able to lock it (root running a maintenance job, say).

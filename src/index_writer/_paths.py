@@ -149,6 +149,31 @@ class PathOffsets:
         pending += _GAP_BYTES * gap
         pending += array("I", map(_HASH_MASK.__and__, hashes)).tobytes()
 
+    def shift(self, moves: list[tuple[int, int]]) -> bool:
+        """Move rows after others that changed length.
+
+        ``moves`` holds ``(offset, delta)`` pairs in increasing offset order:
+        the row starting at ``offset`` (still there, same path) grew by
+        ``delta`` bytes (shrank, if negative), so every later row moves by
+        the sum of the deltas before it. Rows are added in file order, so
+        ``starts`` increases and each row is found by bisection. Returns
+        False, changing nothing, if an offset is not the start of a row.
+        """
+        starts = self.starts
+        bounds = []
+        for offset, _ in moves:
+            i = bisect.bisect_left(starts, offset)
+            if i == len(starts) or starts[i] != offset:
+                return False
+            bounds.append(i + 1)
+        bounds.append(len(starts))
+        total = 0
+        for (_, delta), lo, hi in zip(moves, bounds[:-1], bounds[1:], strict=True):
+            total += delta
+            if total and lo < hi:
+                starts[lo:hi] = array("Q", map(total.__add__, starts[lo:hi]))
+        return True
+
     def sort(self) -> None:
         """Sort everything added so far into ``keys``.
 

@@ -74,14 +74,24 @@ class Rewrite:
         holding it are dropped).
     appends : list[Row]
         Rows added at the end.
+    stored_at : dict[str, list[int]]
+        Path → the offsets of the rows holding it now, for each path in
+        ``replacements``.
     """
 
-    __slots__ = ("appends", "columns", "replacements")
+    __slots__ = ("appends", "columns", "replacements", "stored_at")
 
-    def __init__(self, columns: list[str], replacements: dict[str, Row], appends: list[Row]):
+    def __init__(
+        self,
+        columns: list[str],
+        replacements: dict[str, Row],
+        appends: list[Row],
+        stored_at: dict[str, list[int]] | None = None,
+    ) -> None:
         self.columns = columns
         self.replacements = replacements
         self.appends = appends
+        self.stored_at = stored_at if stored_at is not None else {}
 
 
 def guess_append(state: IndexState | None, rows: list[Row]) -> Append | None:
@@ -159,6 +169,7 @@ def plan(
 
     appends = rows
     replacements: dict[str, Row] = {}
+    stored_at: dict[str, list[int]] = {}
     if replace_existing:
         assert state.paths is not None
         latest = {row[filepath_column]: row for row in rows}
@@ -167,12 +178,13 @@ def plan(
             stored = _stored_rows(state, path, filepath_column, stored_row)
             if not stored:
                 appends.append(row)
-            elif rewrite or len(stored) > 1 or stored[0] != [row.get(c, "") for c in columns]:
+            elif rewrite or len(stored) > 1 or stored[0][1] != [row.get(c, "") for c in columns]:
                 replacements[path] = row
+                stored_at[path] = [offset for offset, _ in stored]
         rewrite = rewrite or bool(replacements)
 
     if rewrite:
-        return Rewrite(columns + new_columns, replacements, appends)
+        return Rewrite(columns + new_columns, replacements, appends, stored_at)
     if not appends:
         return None  # every entry is already stored exactly so
     if (
@@ -199,8 +211,8 @@ def _values(columns: list[str], rows: list[Row]) -> list[Sequence[str]]:
 
 def _stored_rows(
     state: IndexState, path: str, filepath_column: str, stored_row: Callable[[int], list[str]]
-) -> list[list[str]]:
-    """The rows holding ``path`` (each padded to the header's width)."""
+) -> list[tuple[int, list[str]]]:
+    """The rows holding ``path``: offset and fields (padded to the header's width)."""
     column = state.colpos.get(filepath_column)
     if column is None or state.paths is None:
         return []
@@ -209,7 +221,7 @@ def _stored_rows(
     for offset in state.paths.candidates(path):
         fields = stored_row(offset)
         if column < len(fields) and fields[column] == path:
-            rows.append(fields + [""] * (width - len(fields)))
+            rows.append((offset, fields + [""] * (width - len(fields))))
     return rows
 
 

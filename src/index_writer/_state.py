@@ -43,6 +43,7 @@ __all__ = [
     "iter_rows",
     "recover",
     "refresh",
+    "stored_record",
     "stored_row",
 ]
 
@@ -406,6 +407,16 @@ def _move_aside(fd: int, start: int, size: int, index: str) -> None:
 
 def stored_row(fd: int, state: IndexState, offset: int) -> list[str]:
     """The fields of the row stored at ``offset`` of the index open as ``fd``."""
+    return stored_record(fd, state, offset)[0]
+
+
+def stored_record(fd: int, state: IndexState, offset: int) -> tuple[list[str], int]:
+    """The fields of the row stored at ``offset``, and the offset just after it.
+
+    The row ends after its line terminator (or at the end of the data). A
+    row that is not there reads as no fields; one that does not start right
+    at ``offset`` (blank lines first) as ending there.
+    """
     want = 4096
     while True:
         data = _platform.pread(fd, want, offset)
@@ -414,12 +425,12 @@ def stored_row(fd: int, state: IndexState, offset: int) -> list[str]:
             scanner = Scanner(io.BytesIO(data), offset, 0)
             rec = next(scanner.records(), None)
             if rec is not None and (scanner.last_eol or complete):
-                return rec[2]
+                return rec[2], scanner.offset if rec[1] == offset else offset
         except TableError:
             if complete:
                 raise
         if complete:
-            return []
+            return [], offset
         want *= 4
 
 
