@@ -63,11 +63,11 @@ def child(kind: str, master: str, work: str, n: int) -> None:
 
         writer = IndexWriter(index)
         path = "output/prefill_7.nii.gz"  # a row prefill() wrote
-        for i in range(2):
-            writer.write_entry(path, {**contexts[0], "quality_score": -1 - i}, replace_existing=True)
-        t0 = time.perf_counter()
-        for i in range(REPLACEMENTS):
-            writer.write_entry(path, {**contexts[0], "quality_score": i}, replace_existing=True)
+        for i in range(2 + REPLACEMENTS):
+            if i == 2:
+                t0 = time.perf_counter()
+            ctx = {**contexts[0], "quality_score": 2 + i}  # each a change
+            writer.write_entry(path, ctx, replace_existing=True)
         print(json.dumps({"seconds": (time.perf_counter() - t0) / REPLACEMENTS}))
         return
     if kind == "floor":

@@ -425,6 +425,12 @@ def rss_child(impl: str, mode: str, index: str, original_src: str) -> None:
         writer.write_entry("output/rss_first.nii.gz", ctx, replace_existing=True)
         t0 = time.perf_counter()
         writer.write_entry("output/rss_second.nii.gz", ctx, replace_existing=True)
+    elif mode == "real-replace":  # time a real replacement, after a first write
+        writer = cls(index)
+        writer.write_entry("output/rss_first.nii.gz", ctx, replace_existing=True)
+        changed = {**ctx, "quality_score": 2.0}  # prefill() scores are below 1
+        t0 = time.perf_counter()
+        writer.write_entry("output/prefill_7.nii.gz", changed, replace_existing=True)
     else:
         cls(index).write_entry(
             f"output/rss_{mode}.nii.gz", ctx, replace_existing=mode == "replace"
@@ -437,7 +443,7 @@ def bench_rss(cfg: Config, work: Path, res: Results, original_src: str | None) -
     index = work / f"rss-{cfg.rss_rows}.csv"
     prefill(index, cfg.rss_rows)
     runs = [("index-writer", "append"), ("index-writer", "replace"),
-            ("index-writer", "second-replace")]
+            ("index-writer", "second-replace"), ("index-writer", "real-replace")]
     if cfg.rss_original and original_src:
         runs.append(("original", "append"))
     for impl, mode in runs:
