@@ -425,9 +425,10 @@ def rss_child(impl: str, mode: str, index: str, original_src: str) -> None:
         writer.write_entry("output/rss_first.nii.gz", ctx, replace_existing=True)
         t0 = time.perf_counter()
         writer.write_entry("output/rss_second.nii.gz", ctx, replace_existing=True)
-    elif mode == "real-replace":  # time a real replacement, after a first write
+    elif mode == "real-replace":  # time a real replacement, after two writes
         writer = cls(index)
         writer.write_entry("output/rss_first.nii.gz", ctx, replace_existing=True)
+        writer.write_entry("output/rss_second.nii.gz", ctx, replace_existing=True)
         changed = {**ctx, "quality_score": 2.0}  # prefill() scores are below 1
         t0 = time.perf_counter()
         writer.write_entry("output/prefill_7.nii.gz", changed, replace_existing=True)

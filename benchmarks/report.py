@@ -432,7 +432,7 @@ def memory_table(data: Data, docs: str) -> str:
             "second, which sorts the path map)"
         ),
         ("index-writer", "real-replace"): (
-            "index-writer, a first `write_entry(..., replace_existing=True)`, then a real "
+            "index-writer, two `write_entry(..., replace_existing=True)`, then a real "
             "replacement (seconds: the replacement, which rewrites the file)"
         ),
         ("original", "append"): "original, `write_entry`",
