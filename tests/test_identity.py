@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+import _internals
 from _workers import check_index, context_for, entry_path, run_in_threads
-from index_writer import IndexWriteError, IndexWriter
+from index_writer import IndexLockTimeoutError, IndexWriteError, IndexWriter
 
 
 def _write_through(spellings: list[tuple[str, str | None]], n: int) -> None:
@@ -125,3 +126,22 @@ def test_hard_linked_index_appends_and_refuses_rewrites(tmp_path: Path) -> None:
         assert str(other) in str(info.value)
     assert index.read_bytes() == other.read_bytes() == b"path,v\na,1\nb,2\n"
     assert os.stat(index).st_ino == os.stat(other).st_ino
+
+
+def test_a_new_lock_file_named_two_ways_is_one_lock(tmp_path: Path) -> None:
+    # Two indexes share a lock file that does not exist yet, named through a
+    # symlinked directory by one and directly by the other. While a thread
+    # holds it for one index, a write to the other waits, as it would in
+    # another process: one thread's unlock must never release a lock another
+    # thread of the process holds.
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "locks", target_is_directory=True)
+    (tmp_path / "y.csv").write_text("path,v\n")
+    x = IndexWriter(tmp_path / "x.csv", lock_path=tmp_path / "locks" / "shared.lock")
+    y = IndexWriter(tmp_path / "y.csv", lock_path=tmp_path / "link" / "shared.lock", timeout=0.3)
+    assert y.read_rows() == []  # met before the lock file exists (readers create nothing)
+    assert not (tmp_path / "locks" / "shared.lock").exists()
+    with _internals.holding_lock(x), pytest.raises(IndexLockTimeoutError):
+        y.write_entry("b.nii", {"v": 1})
+    y.write_entry("b.nii", {"v": 1})
+    assert (tmp_path / "y.csv").read_text() == "path,v\nb.nii,1\n"

@@ -267,7 +267,6 @@ def test_snapshots_during_big_batches_are_all_or_nothing(tmp_path: Path, reader:
             assert writer.exitcode == 0
             assert problems == []
             assert len(set(seen)) >= 3, seen  # the reads did overlap the writes
-            assert seen[-1] < BATCHES
             shown = cli("show", ro / "index.csv", "--format", "json")
         assert shown.returncode == 0, shown.stderr
         assert _snapshot_problems(json.loads(shown.stdout)) == ([], BATCHES)

@@ -132,7 +132,10 @@ def test_spellings_threads_processes_lock_deletions_and_kills(tmp_path: Path) ->
     assert stray_temp_files(real) == []
     log = "".join(Path(f).read_text() for f in logs if os.path.exists(f))
     assert "could not" not in log
-    assert kills > 20 and len(acked) > 1000 and deleted.value > 100
+    # Enough happened: writers recreate a deleted lock file when they next
+    # check it (after a wait, or every RECHECK seconds), so about ten
+    # deletions a second succeed.
+    assert kills > 20 and len(acked) > 1000 and deleted.value > 50
     print(
         f"\n{kills} kills ({targeted} volleys aimed at a big append), "
         f"{deleted.value} lock file deletions, {len(acked)} acknowledged, "

@@ -143,6 +143,7 @@ class LockFile:
         "evicted",
         "fd",
         "identity",
+        "keys",
         "last_used",
         "mutex",
         "path",
@@ -155,6 +156,7 @@ class LockFile:
         self.fd = -1  # the open lock file's descriptor, -1 when closed
         self.created = False  # this process made the file (its owner is set once known)
         self.identity: tuple[int, int] | None = None
+        self.keys: set[_LockKey] = set()  # what it is registered under in _lock_files
         self.checked = 0.0  # time.monotonic() of the last check that it is still at its path
         self.last_used = next(_clock)
         self.evicted = False
@@ -200,7 +202,8 @@ class LockFile:
         self.fd = -1
         with _guard:
             if self.identity is not None and _lock_files.get(self.identity) is self:
-                del _lock_files[self.identity]
+                del _lock_files[self.identity]  # the file may go; its directory entry stays
+            self.keys.discard(self.identity)
         self.identity = None
 
     def close_after_fork(self) -> None:
@@ -222,16 +225,29 @@ class LockFile:
     def _note_identity(self, identity: tuple[int, int]) -> None:
         self.identity = identity
         with _guard:
-            # Another spelling may have opened the same file first; both keep
-            # working (each excludes through its own mutex and the index's).
-            _lock_files.setdefault(identity, self)
+            # Another name of the same file (a link) may have opened it first;
+            # both keep working (each excludes through its own mutex and the
+            # index's).
+            _register(identity, self)
 
+
+#: What a lock file's handle is found under: the file's (device, inode), or
+#: its directory's (device, inode) and its name (see :func:`lock_file_for`).
+_LockKey = tuple[int, ...] | tuple[int, int, str]
 
 _guard = threading.Lock()
 _slots: dict[tuple[int, int, str], IndexSlot] = {}
 _resolved: dict[str, tuple[IndexSlot, str]] = {}  # path as given -> (slot, real path)
-_lock_files: dict[tuple[int, int], LockFile] = {}
+_lock_files: dict[_LockKey, LockFile] = {}
 _lock_paths: dict[str, LockFile] = {}
+
+
+def _register(key: _LockKey, lock: LockFile) -> None:
+    """File ``lock`` under ``key`` unless a live handle is there (caller holds ``_guard``)."""
+    current = _lock_files.get(key)
+    if current is None or current.evicted:
+        _lock_files[key] = lock
+        lock.keys.add(key)
 
 
 def _reset_after_fork() -> None:
@@ -299,21 +315,30 @@ def known_state(index: str) -> IndexState | None:
 def lock_file_for(path: str) -> LockFile:
     """The handle for the lock file at absolute path ``path``.
 
-    Spellings of one existing file share a handle; a file that does not
-    exist yet gets one per spelling until it is opened.
+    Every spelling of one lock file shares a handle: found by the file's
+    identity (device and inode) where it exists, and by its directory's
+    identity and its name, which also holds before the file is created (two
+    handles on one file would let one thread's unlock release the lock
+    another thread holds: POSIX locks belong to the process).
     """
     lock = _lock_paths.get(path)
     if lock is not None and not lock.evicted:
         return lock
-    try:
+    keys: list[_LockKey] = []
+    with contextlib.suppress(OSError):
         st = os.stat(path)
-        identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
-    except OSError:
-        identity = None
+        keys.append((st.st_dev, st.st_ino))
+    directory, name = os.path.split(path)
+    with contextlib.suppress(OSError):
+        st = os.stat(directory)
+        keys.append((st.st_dev, st.st_ino, name))
     with _guard:
-        lock = _lock_files.get(identity) if identity is not None else None
-        if lock is None or lock.evicted:
+        found = (_lock_files.get(key) for key in keys)
+        lock = next((f for f in found if f is not None and not f.evicted), None)
+        if lock is None:
             lock = LockFile(path)
+        for key in keys:
+            _register(key, lock)
         current = _lock_paths.get(path)
         if current is None or current.evicted:
             _lock_paths[path] = lock
@@ -365,6 +390,8 @@ def _evict(registry: dict[Any, Any]) -> None:
                 else:  # one lock file may be registered under several spellings
                     for path in [p for p, lock in _lock_paths.items() if lock is item]:
                         del _lock_paths[path]
+                    for lock_key in [k for k in item.keys if _lock_files.get(k) is item]:
+                        del _lock_files[lock_key]
         finally:
             item.mutex.release()
 
