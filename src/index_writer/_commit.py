@@ -20,6 +20,7 @@ rewrite is cut short, the next writer removes its temporary file.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -270,6 +271,8 @@ class _Splice:
         for start, end, data in [*self._cuts, (self._state.size, self._state.size, b"")]:
             while at < start:
                 block = _files.pread_all(self._fd, min(self.BLOCK, start - at), at)
+                if not block:  # cut short by a program that ignores the lock
+                    raise OSError(errno.EIO, "the index shrank while it was being rewritten")
                 at += len(block)
                 yield block
             yield data
