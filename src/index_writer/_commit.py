@@ -251,12 +251,11 @@ class _Splice:
         cuts = []
         for path, row in plan.replacements.items():
             start = plan.stored_at[path][0]
-            _, end = stored_record(fd, state, start)
-            if end <= start:
+            _, old = stored_record(fd, state, start)
+            if not old:
                 return None
-            old = _platform.pread(fd, end - start, start)
             text = format_row([row.get(c, "") for c in columns], eol)
-            cuts.append((start, end, encode(text, rows)))
+            cuts.append((start, start + len(old), encode(text, rows)))
             lines += count_lines(text) - count_lines(old.decode("utf-8"))
         cuts.sort()
         appends = []

@@ -410,12 +410,12 @@ def stored_row(fd: int, state: IndexState, offset: int) -> list[str]:
     return stored_record(fd, state, offset)[0]
 
 
-def stored_record(fd: int, state: IndexState, offset: int) -> tuple[list[str], int]:
-    """The fields of the row stored at ``offset``, and the offset just after it.
+def stored_record(fd: int, state: IndexState, offset: int) -> tuple[list[str], bytes]:
+    """The fields of the row stored at ``offset``, and its bytes.
 
-    The row ends after its line terminator (or at the end of the data). A
-    row that is not there reads as no fields; one that does not start right
-    at ``offset`` (blank lines first) as ending there.
+    The bytes run to just after its line terminator (or to the end of the
+    data). A row that is not there reads as no fields; one that does not
+    start right at ``offset`` (blank lines first) as no bytes.
     """
     want = 4096
     while True:
@@ -425,12 +425,12 @@ def stored_record(fd: int, state: IndexState, offset: int) -> tuple[list[str], i
             scanner = Scanner(io.BytesIO(data), offset, 0)
             rec = next(scanner.records(), None)
             if rec is not None and (scanner.last_eol or complete):
-                return rec[2], scanner.offset if rec[1] == offset else offset
+                return rec[2], data[: scanner.offset - offset] if rec[1] == offset else b""
         except TableError:
             if complete:
                 raise
         if complete:
-            return [], offset
+            return [], b""
         want *= 4
 
 
