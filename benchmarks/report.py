@@ -60,6 +60,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from index_writer._lock import RECHECK
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 DEFAULT_JSON = DOCS / "benchmarks.json"
@@ -607,7 +609,11 @@ def syscalls_table(data: Data, docs: str) -> str:
         f"System calls per `write_entry(replace_existing=True)` on the files of the index "
         f"(counted with {sc['strace']} over {sc['writes']} writes into {sc['rows']:,} rows): "
         "*warm*, no other writer since the last write; *after*, another process appended "
-        "in between. Each is a round trip to the server on a network filesystem.",
+        "in between. Each is a round trip to the server on a network filesystem. "
+        "index-writer's `newfstatat` on the lock file is not made per write: a writer "
+        f"checks that its lock file is still the one at its path at most every {RECHECK:g} s "
+        "(and after waiting for the lock), so its count per write depends on how long "
+        "the writes take.",
         "",
         sc["markdown"],
     ])
@@ -767,8 +773,12 @@ def _more_checks(data: Data, verdict: Callable[..., str]) -> list[tuple[str, str
     for scenario, limit in (("warm", SYSCALLS_WARM), ("after-append", SYSCALLS_AFTER)):
         if scenario in sc:
             n = sc[scenario]["total_per_write"]
-            out.append((f"system calls per write ({scenario}): at most {limit}", f"{n:.2f}",
-                        verdict(n <= limit + 0.05)))
+            # The one call not made per write: a writer checks that its lock file is
+            # still the one at its path (a stat) at most every RECHECK seconds.
+            periodic = sc[scenario]["per_write"].get("lock file", {}).get("newfstatat", 0.0)
+            out.append((f"system calls per write ({scenario}): at most {limit}, besides the "
+                        f"lock file's `stat` made at most every {RECHECK:g} s",
+                        f"{n - periodic:.2f} (+{periodic:.2f})", verdict(n - periodic <= limit)))
     lat = data.get("latency", {}).get("median_ms", {})
     for key, value in sorted(lat.items()):
         impl, mode, size = key.split("|")
