@@ -104,6 +104,7 @@ def test_longest_name_with_its_lock_file_through_every_write(
     revs[entry_path("after-kill", 0)] = 0
 
     # No journal at all, and a last row cut inside its quoted value: moved aside.
+    IndexWriter(index).close()  # this process keeps nothing open (nor a deleted journal)
     os.unlink(_internals.journal_path(index))
     cut = f'{entry_path("cut", 0)},"a,b'.encode()
     with index.open("ab") as f:

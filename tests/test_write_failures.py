@@ -135,6 +135,35 @@ def test_rlimit_fsize_append(tmp_path: Path, action: str, headroom: int) -> None
     check_index(index, exact=base | {after})
 
 
+def _fail_one_append(index: str, limit: int) -> BaseException | None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    try:
+        p = f"long/{'d' * 600}/e.nii.gz"  # a ~700-byte row, no new column
+        IndexWriter(index).write_entry(p, context_for(p))
+    except BaseException as e:
+        return e
+    return None
+
+
+def test_a_failed_append_leaves_no_record_to_misread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The append was undone, so its crash-journal record is void. Kept as
+    # unfinished, it made the next writer, after another program appended a
+    # few bytes, warn of a crashed write it could not undo.
+    index, _ = _base_index(tmp_path)
+    failure = run_in_child(_fail_one_append, index, os.path.getsize(index) + 5)
+    _assert_write_error(failure, errno.EFBIG)
+    with open(index, "a") as f:
+        f.write("foreign\n")  # a short row: the other columns empty
+    after = entry_path("after", 0)
+    with caplog.at_level("WARNING", logger="index_writer"):
+        IndexWriter(index).write_entry(after, context_for(after))
+    assert caplog.records == []
+    assert [r["path"] for r in IndexWriter(index).read_rows()][-2:] == ["foreign", after]
+
+
 @pytest.mark.parametrize(("action", "room"), [("new-column", 20), ("replace", -10)])
 def test_rlimit_fsize_rewrite(tmp_path: Path, action: str, room: int) -> None:
     """A rewrite (schema change, real replacement) whose temp file hits the limit.

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import _internals
+import _system
 from index_writer import (
     IndexLockTimeoutError,
     IndexReadError,
@@ -286,6 +287,52 @@ def test_replacements_copy_the_other_rows_as_they_are(index: Path, fresh_process
     want = want.replace("b,a much longer value,q", "b,9,")
     assert index.read_bytes() == want.encode()
     assert [r["path"] for r in w.read_rows()] == ["a", "b", "m\r\nl", "c", "d"]
+
+
+def _replace_in_another_process(index: Path, path: str, value: str) -> None:
+    _system.in_child(_replace_one, str(index), path, value)
+
+
+def _replace_one(index: str, path: str, value: str) -> None:
+    IndexWriter(index).write_entry(path, {"v": value}, replace_existing=True)
+
+
+def test_a_writer_after_its_replacement_is_not_fooled_by_a_reused_inode(index: Path) -> None:
+    # A long-lived writer replaces a row (a rewrite: a new file). Two other
+    # processes then replace rows so that the file keeps its size, each
+    # rewrite making a new file, and a third appends. On ext4 the second new
+    # file readily got the inode number of the first while nothing held the
+    # first open, and the long-lived writer took it for its own file, grown:
+    # its stale row offsets then made it change the wrong row ("ba" for
+    # "a", whose old offset fell inside "ba" after the rows moved).
+    w = IndexWriter(index)
+    for round_ in range(5):
+        index.unlink(missing_ok=True)
+        w.close()
+        w.write_entries([("p0", {"v": "1"}), ("ba", {"v": "1"}), ("a", {"v": "1"}),
+                         ("q", {"v": "11111"})] + [(f"pad{i}", {"v": "x"}) for i in range(40)])
+        w.write_entry("pad39", {"v": "y"}, replace_existing=True)
+        _replace_in_another_process(index, "p0", "12345")  # 4 bytes longer
+        _replace_in_another_process(index, "q", "1")  # 4 bytes shorter: same size
+        _system.in_child(_append_one, str(index), "z")
+        w.write_entry("a", {"v": "2"}, replace_existing=True)
+        rows = {r["path"]: r["v"] for r in w.read_rows()}
+        assert (rows["ba"], rows["a"], len(w.read_rows())) == ("1", "2", 45), round_
+
+
+def _append_one(index: str, path: str) -> None:
+    IndexWriter(index).write_entry(path, {"v": "0"})
+
+
+@pytest.mark.parametrize("length", [4095, 4096, 4097, 16385, 65537])
+def test_a_replaced_crlf_row_of_any_length_is_cut_whole(index: Path, length: int) -> None:
+    # The stored row is read in growing blocks (4 KiB first); a block that
+    # ended between a row's CR and LF made its end look like a bare CR, and
+    # the LF stayed behind as a blank line.
+    long = "x" * (length - len("a,\r\n"))
+    index.write_bytes(f"path,v\r\na,{long}\r\nb,1\r\n".encode())
+    IndexWriter(index).write_entry("a", {"v": "new"}, replace_existing=True)
+    assert index.read_bytes() == b"path,v\r\na,new\r\nb,1\r\n"
 
 
 # ---------------------------------------------------------------- merge off

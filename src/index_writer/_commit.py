@@ -20,6 +20,7 @@ rewrite is cut short, the next writer removes its temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -48,7 +49,13 @@ def append(
     start = state.size
     record, payload = append_record(state.dev, state.ino, start, plan.data)
     journal.write(record, durable, payload)
-    _files.append(fd, plan.data, start, durable)
+    try:
+        _files.append(fd, plan.data, start, durable)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size == start:  # undone: the record is void
+                journal.mark_done_quietly()
+        raise
     mtime_ns = os.fstat(fd).st_mtime_ns
     return lambda: _note_append(state, plan, start, mtime_ns)
 
@@ -136,8 +143,11 @@ def _replace(
     _platform.touch(fd, index)  # others see a change, and so read the journal
     try:
         st = _files.replace(index, temp, chunks, like, durable)
-    finally:
-        journal.mark_done_quietly()
+    except BaseException:
+        if not os.path.lexists(temp):  # else the next writer's recovery removes it
+            journal.mark_done_quietly()
+        raise
+    journal.mark_done_quietly()
     _platform.mark_superseded(fd)  # a writer holding it open must look again
     return st
 

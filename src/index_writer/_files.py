@@ -184,8 +184,9 @@ def replace(
 
     Returns the stat of the new file.
     """
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _platform.O_BINARY, 0o600)
+    fd = -1
     try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _platform.O_BINARY, 0o600)
         try:
             _platform.copy_ownership(fd, like)
             buf: list[bytes] = []
@@ -204,15 +205,33 @@ def replace(
         finally:
             os.close(fd)
         os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError as e:  # pragma: no cover - needs a failing unlink
-            logger.error("could not remove temporary file %s: %s", temp, e)
+    except BaseException as e:
+        # Not when creating it failed (it may be another's file); but an
+        # interrupt (Ctrl-C) may land once it is created, before ``fd`` is set.
+        if fd >= 0 or not isinstance(e, OSError):
+            _remove_temp(temp)
         raise
     if durable:
         _platform.fsync_directory(os.path.dirname(path) or ".")
     return st
+
+
+def _remove_temp(temp: str) -> None:
+    """Remove ``temp`` if it exists; retried if interrupted (Ctrl-C), then re-raised."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass  # never created, or already renamed over the index
+        except OSError as e:  # pragma: no cover - needs a failing unlink
+            logger.error("could not remove temporary file %s: %s", temp, e)
+        except BaseException as e:  # an interrupt: the file may still be there
+            pending = pending or e
+            continue
+        break
+    if pending is not None:
+        raise pending
 
 
 def write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:

@@ -51,7 +51,7 @@ from ._journal import (
     torn_append_start,
 )
 
-__all__ = ["RECHECK", "LockTimeout", "Session", "poll", "run_locked"]
+__all__ = ["RECHECK", "LockTimeout", "Session", "hold_new_file", "poll", "run_locked"]
 
 logger = logging.getLogger(__name__)
 
@@ -337,8 +337,10 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             break
         _platform.unlock(fd)
         slot.close_files()
-        # The state stays: it is checked against the file opened next, which
-        # it describes if this process's own rewrite put it there.
+        # The state stays: it describes the file just closed (see
+        # hold_new_file), so it is only kept if that is the file opened next
+        # (the same file through another name). A file created while ours was
+        # open cannot have its inode number.
     if lock.created and stat.S_ISREG(st.st_mode):
         # We made the lock file: every user who may write the index must be
         # able to lock it (root running a maintenance job, say).
@@ -358,6 +360,36 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         slot.other_journal = others.pop() if others else ""
     s.journal = slot.journal
     return True
+
+
+def hold_new_file(s: Session) -> None:
+    """Hold open the file this session's rewrite just renamed over the index.
+
+    The slot's state then describes the file the slot holds open, as it
+    always must: a file held open keeps its inode number, whereas one no
+    longer held may be deleted (by other writers' rewrites) and its number
+    given to a new file, which a state kept for it would take for the same
+    file. The state is dropped if the file at the path is not the one it
+    describes, or cannot be opened. The new file is also locked, as the
+    session's index lock (normally free: the lock file is held).
+    """
+    slot, state = s.slot, s.slot.state
+    fd = -1
+    try:
+        fd, _ = _open_index(s.path, create=False)
+        st = os.fstat(fd) if fd >= 0 else None
+    except OSError:
+        st = None
+    if st is None or state is None or (st.st_dev, st.st_ino) != (state.dev, state.ino):
+        slot.state = None
+        if fd >= 0:
+            os.close(fd)
+        return
+    _platform.try_lock(fd, True)
+    old, slot.index_fd = slot.index_fd, fd
+    s.fd, s.st = fd, st
+    if old >= 0:
+        os.close(old)  # also releases our lock on the old file, now superseded
 
 
 def _still_current(s: Session, st: os.stat_result) -> bool:

@@ -424,7 +424,9 @@ def stored_record(fd: int, state: IndexState, offset: int) -> tuple[list[str], b
         try:
             scanner = Scanner(io.BytesIO(data), offset, 0)
             rec = next(scanner.records(), None)
-            if rec is not None and (scanner.last_eol or complete):
+            # A CR at the very end of what was read may be the first half of CR LF.
+            cut = scanner.last_eol == "\r" and scanner.offset == offset + len(data)
+            if rec is not None and ((scanner.last_eol and not cut) or complete):
                 return rec[2], data[: scanner.offset - offset] if rec[1] == offset else b""
         except TableError:
             if complete:

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from . import _commit, _files, _handles, _state
 from ._errors import IndexLockTimeoutError, IndexReadError, IndexWriteError
-from ._lock import LockTimeout, Session, run_locked
+from ._lock import LockTimeout, Session, hold_new_file, run_locked
 from ._plan import Append, guess_append, plan
 from ._rows import Row, as_path_str, prepare
 
@@ -383,6 +383,7 @@ class IndexWriter:
                     s.slot.state = _commit.rewrite(
                         s.fd, state, s.journal, todo, s.path, filepath_column, self.durable
                     )
+                    hold_new_file(s)
             except BaseException:
                 s.slot.state = None  # whatever happened, read the file afresh next time
                 raise
