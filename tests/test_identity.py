@@ -128,6 +128,28 @@ def test_hard_linked_index_appends_and_refuses_rewrites(tmp_path: Path) -> None:
     assert os.stat(index).st_ino == os.stat(other).st_ino
 
 
+@pytest.mark.parametrize("linked", ["before either name is used", "after one name wrote"])
+def test_two_names_of_a_hard_linked_index_are_one_index(tmp_path: Path, linked: str) -> None:
+    # Each name has its own default lock file, so only this process's mutex
+    # and the lock on the index file keep two threads apart; the lock on the
+    # file belongs to the process, so one thread's unlock would release it
+    # for the other. While a thread holds the index through one name, a
+    # write through the other must wait, as it would in another process.
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    IndexWriter(a).write_entry("first", {"v": 0})
+    _internals.forget_all()  # as a new process: nothing known about either name
+    x = IndexWriter(a)
+    if linked == "after one name wrote":
+        x.write_entry("x", {"v": 1})
+    os.link(a, b)
+    y = IndexWriter(b, timeout=0.3)
+    with _internals.holding_lock(x), pytest.raises(IndexLockTimeoutError):
+        y.write_entry("y", {"v": 2})
+    y.write_entry("y", {"v": 2})
+    x.write_entry("z", {"v": 3})
+    assert [r["path"] for r in y.read_rows()][-2:] == ["y", "z"]
+
+
 def test_a_new_lock_file_named_two_ways_is_one_lock(tmp_path: Path) -> None:
     # Two indexes share a lock file that does not exist yet, named through a
     # symlinked directory by one and directly by the other. While a thread

@@ -165,3 +165,44 @@ def test_an_interrupt_just_after_a_rewrite_creates_its_temporary_file(tmp_path: 
     assert index.read_bytes() == before
     w.write_entry("r5", {"v": 2}, replace_existing=True)
     assert IndexWriter(index).read_rows()[5] == {"path": "r5", "v": "2"}
+
+
+def test_an_interrupt_while_reading_the_file_is_raised_not_lost(tmp_path: Path) -> None:
+    # Ctrl-C landing while the reader of the file cleans up (detaching its
+    # text wrapper): were that clean-up left to the garbage collector, the
+    # interrupt would be ignored and the wrapper would close the stream
+    # still in use (ValueError: seek of closed file).
+    import _internals
+    from index_writer import _table
+
+    index = tmp_path / "index.csv"
+    IndexWriter(index).write_entries([(f"r{i}", {"v": 0}) for i in range(100)])
+    _internals.forget_all()  # the next write reads the whole file
+    fired: list[int] = []
+
+    def lines(frame: Any, event: str, arg: Any) -> Any:
+        if event == "line" and not fired and "detach" in _source_line(frame):
+            fired.append(frame.f_lineno)
+            raise KeyboardInterrupt
+        return lines
+
+    def calls(frame: Any, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code is _table.Scanner._lines.__code__:
+            return lines
+        return None
+
+    sys.settrace(calls)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            IndexWriter(index).write_entry("r5", {"v": 1}, replace_existing=True)
+    finally:
+        sys.settrace(None)
+    assert fired
+    IndexWriter(index).write_entry("r5", {"v": 1}, replace_existing=True)
+    assert IndexWriter(index).read_rows()[5] == {"path": "r5", "v": "1"}
+
+
+def _source_line(frame: Any) -> str:
+    import linecache
+
+    return linecache.getline(frame.f_code.co_filename, frame.f_lineno)

@@ -7,10 +7,11 @@ closed while nobody in the process holds a lock through it. This module
 keeps those gatekeepers:
 
 - an :class:`IndexSlot` per index file, keyed by identity -- the device and
-  inode of its directory and its name, after resolving symbolic links -- so
-  every spelling of one index (symlinked directories, ``..``, relative or
-  absolute, bind mounts) shares one mutex, one cached :class:`._state.IndexState`
-  and one set of descriptors: the index, open for appending, and its crash
+  inode of its directory and its name, after resolving symbolic links, and
+  the file's own device and inode once it exists -- so every spelling of one
+  index (symlinked directories, ``..``, relative or absolute, bind mounts,
+  hard links) shares one mutex, one cached :class:`._state.IndexState` and
+  one set of descriptors: the index, open for appending, and its crash
   journal;
 - a :class:`LockFile` per lock file, keyed by device and inode once open,
   with its own mutex, since several indexes may share a lock file.
@@ -47,6 +48,7 @@ __all__ = [
     "close_slot",
     "known_state",
     "lock_file_for",
+    "note_file",
     "open_limit",
     "slot_for",
     "tick",
@@ -238,6 +240,9 @@ _LockKey = tuple[int, ...] | tuple[int, int, str]
 _guard = threading.Lock()
 _slots: dict[tuple[int, int, str], IndexSlot] = {}
 _resolved: dict[str, tuple[IndexSlot, str]] = {}  # path as given -> (slot, real path)
+#: The index file's (device, inode) -> its slot: every name of a hard-linked
+#: index shares one slot (see :func:`slot_for`).
+_by_file: dict[tuple[int, int], IndexSlot] = {}
 _lock_files: dict[_LockKey, LockFile] = {}
 _lock_paths: dict[str, LockFile] = {}
 
@@ -256,13 +261,13 @@ def _reset_after_fork() -> None:
     # inherited descriptors are closed now, while the child holds no lock:
     # closing them later would release a lock the child had taken meanwhile
     # through a new descriptor.
-    global _guard, _slots, _resolved, _lock_files, _lock_paths
+    global _guard, _slots, _resolved, _by_file, _lock_files, _lock_paths
     for slot in _slots.values():
         slot.close_files()
     for lock in {*_lock_files.values(), *_lock_paths.values()}:
         lock.close_after_fork()
     _guard = threading.Lock()
-    _slots, _resolved, _lock_files, _lock_paths = {}, {}, {}, {}
+    _slots, _resolved, _by_file, _lock_files, _lock_paths = {}, {}, {}, {}, {}
 
 
 _platform.register_after_fork(_reset_after_fork)
@@ -293,14 +298,41 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
     if not stat.S_ISDIR(st.st_mode):  # a file where the index's directory should be
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory)
     key = (st.st_dev, st.st_ino, os.path.basename(real))
-    slot = _slots.get(key)
-    if slot is None:
-        with _guard:
-            slot = _slots.setdefault(key, IndexSlot(real))
-        _evict(_slots)
-    with _guard:  # an eviction in another thread iterates over it
+    try:
+        file = os.stat(real)
+    except OSError:
+        file = None  # not there yet: its first writer files it by identity (note_file)
+    with _guard:  # atomic, as another thread may resolve another name of the file
+        slot = _slots.get(key)
+        new = slot is None
+        if file is not None:
+            identity = (file.st_dev, file.st_ino)
+            known = _by_file.get(identity)
+            if known is not None and known.evicted:
+                known = None
+            if file.st_nlink > 1 and known is not None:
+                slot, new = known, False  # another name (a hard link) of a file in a slot
+            if slot is None:
+                slot = _slots[key] = IndexSlot(real)
+            if known is None:
+                _by_file[identity] = slot
+        elif slot is None:
+            slot = _slots[key] = IndexSlot(real)
         _resolved[index] = (slot, real)
+    if new:
+        _evict(_slots)
     return slot, real
+
+
+def note_file(slot: IndexSlot, st: os.stat_result) -> None:
+    """File ``slot`` under the identity of the index it has just opened (``st``).
+
+    So that another name of that file (a hard link made later) finds it.
+    """
+    with _guard:
+        known = _by_file.get((st.st_dev, st.st_ino))
+        if known is None or known.evicted:
+            _by_file[(st.st_dev, st.st_ino)] = slot
 
 
 def known_state(index: str) -> IndexState | None:
@@ -387,6 +419,8 @@ def _evict(registry: dict[Any, Any]) -> None:
                         del registry[key]
                     for path in [p for p, (slot, _) in _resolved.items() if slot is item]:
                         del _resolved[path]
+                    for identity in [i for i, slot in _by_file.items() if slot is item]:
+                        del _by_file[identity]
                 else:  # one lock file may be registered under several spellings
                     for path in [p for p, lock in _lock_paths.items() if lock is item]:
                         del _lock_paths[path]

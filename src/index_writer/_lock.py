@@ -310,8 +310,9 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
                 s.fd, s.st, s.journal = fd, st, slot.journal
                 return True
         _platform.unlock(fd)
-    if slot.opened_via != s.path:  # another spelling (bind mount): open through ours
+    if slot.opened_via != s.path:  # another name (bind mount, hard link): open through ours
         slot.close_files()
+        slot.state = None  # the file there may not be the one it describes
     while True:
         if slot.index_fd < 0:
             fd, s.created = _open_index(s.path, create)
@@ -334,6 +335,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
                 raise
             current = False
         if current:
+            _handles.note_file(slot, st)
             break
         _platform.unlock(fd)
         slot.close_files()
@@ -386,6 +388,7 @@ def hold_new_file(s: Session) -> None:
             os.close(fd)
         return
     _platform.try_lock(fd, True)
+    _handles.note_file(slot, st)
     old, slot.index_fd = slot.index_fd, fd
     s.fd, s.st = fd, st
     if old >= 0:

@@ -243,7 +243,7 @@ class Scanner:
         self.last_eol = ""
         self.consumed_any = False
 
-    def _lines(self) -> Iterator[str]:
+    def _lines(self) -> Generator[str, None, None]:
         text = io.TextIOWrapper(self._stream, encoding="utf-8", newline="")
         try:
             for line in text:
@@ -280,9 +280,13 @@ class Scanner:
             The bytes are not a well-formed CSV; the message starts with
             ``line N:``.
         """
+        # Each line generator is closed here, not left to the garbage
+        # collector, which would ignore an interrupt (Ctrl-C) landing in its
+        # clean-up and let its text wrapper close the caller's stream.
         done = 0
+        lines = self._lines()
         try:
-            for fields in csv.reader(self._lines(), strict=True):
+            for fields in csv.reader(lines, strict=True):
                 if fields:
                     done += 1
                     yield self._record(fields)
@@ -296,11 +300,14 @@ class Scanner:
         except csv.Error as e:
             if not str(e).startswith("field larger than field limit"):
                 raise _parser_error(e, self.line, self.next_start) from e
+        finally:
+            lines.close()
         # A field too large for the C parser: parse it all again in Python.
         self._restart()
+        lines = self._lines()
         try:
             seen = 0
-            for fields in _py_records(self._lines()):
+            for fields in _py_records(lines):
                 if not fields:
                     self._mark()
                     continue
@@ -314,6 +321,8 @@ class Scanner:
             raise
         except csv.Error as e:
             raise _parser_error(e, self.line, self.next_start) from e
+        finally:
+            lines.close()
 
     # The record that just completed started right after the previous one.
     _rec_start: tuple[int, int] | None = None
