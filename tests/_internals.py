@@ -204,3 +204,13 @@ def temp_name(index: str | os.PathLike[str]) -> str:
 def replace_contents(writer: IndexWriter, new: bytes) -> bool:
     """Rewrite ``writer``'s whole index to ``new`` as ``dedupe`` does (maintenance)."""
     return _writer.replace_contents(writer, lambda fd, size: [new])
+
+
+def registry_sizes() -> dict[str, int]:
+    """How many entries this process's registries of open indexes and lock files hold."""
+    return {
+        "slots": len(_handles._slots),
+        "names": len(_handles._resolved),
+        "files": len(_handles._by_file),
+        "lock files": len(_handles._lock_files),
+    }

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import _internals
 from _system import in_child, open_descriptors, tmpfs, umount
 from _workers import context_for, entry_path, run_in_threads
 from index_writer import IndexWriter
@@ -137,6 +138,19 @@ def _two_spellings_then_other_indexes(root: str, others: int) -> None:
     a.write_entry("d", {"k": 4})
     assert [r["path"] for r in b.read_rows()] == ["a", "b", "c", "d"]
     os._exit(0)
+
+
+def test_many_rewrites_of_one_index_keep_the_registries_small(tmp_path: Path) -> None:
+    # Every rewrite gives the index a new file (a new inode); what this
+    # process files the index under must follow it, not accumulate.
+    _internals.forget_all()
+    w = IndexWriter(tmp_path / "index.csv")
+    w.write_entries([(f"r{i}", {"v": 0}) for i in range(10)])
+    before = _internals.registry_sizes()
+    for i in range(300):
+        w.write_entry("r1", {"v": i + 1}, replace_existing=True)  # a rewrite each
+    assert _internals.registry_sizes() == before
+    assert w.read_rows()[1] == {"path": "r1", "v": "300"}
 
 
 def test_lock_file_of_two_spellings_closed_for_one_of_them(tmp_path: Path) -> None:

@@ -88,6 +88,9 @@ class IndexSlot:
         recovery reads it when ours does not explain the file's end.
     state : IndexState | None
         What is known about the file (:mod:`._state`).
+    identity : tuple[int, int] | None
+        The (device, inode) of the index file it was last filed under, so
+        that every name of a hard-linked index finds this slot.
     last_used : int
         When it was last used (:func:`tick`), for closing the least recently
         used.
@@ -97,6 +100,7 @@ class IndexSlot:
 
     __slots__ = (
         "evicted",
+        "identity",
         "index_fd",
         "journal",
         "journal_path",
@@ -117,6 +121,7 @@ class IndexSlot:
         self.journal: Journal | None = None
         self.other_journal = ""  # where a journal of this index may be kept, if not ours
         self.state: IndexState | None = None
+        self.identity: tuple[int, int] | None = None  # the file it is filed under, if any
         self.last_used = next(_clock)
         self.evicted = False
 
@@ -315,7 +320,7 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
             if slot is None:
                 slot = _slots[key] = IndexSlot(real)
             if known is None:
-                _by_file[identity] = slot
+                _file_under(identity, slot)
         elif slot is None:
             slot = _slots[key] = IndexSlot(real)
         _resolved[index] = (slot, real)
@@ -332,7 +337,21 @@ def note_file(slot: IndexSlot, st: os.stat_result) -> None:
     with _guard:
         known = _by_file.get((st.st_dev, st.st_ino))
         if known is None or known.evicted:
-            _by_file[(st.st_dev, st.st_ino)] = slot
+            _file_under((st.st_dev, st.st_ino), slot)
+
+
+def _file_under(identity: tuple[int, int], slot: IndexSlot) -> None:
+    """Map ``identity`` to ``slot``, instead of the file it had (caller holds ``_guard``).
+
+    A slot is filed under one identity at a time: a rewrite gives the index
+    a new one, and the old must not stay (the map would grow with every
+    rewrite, and a new file given the old number would find this slot).
+    """
+    old = slot.identity
+    if old is not None and old != identity and _by_file.get(old) is slot:
+        del _by_file[old]
+    _by_file[identity] = slot
+    slot.identity = identity
 
 
 def known_state(index: str) -> IndexState | None:

@@ -387,12 +387,15 @@ def hold_new_file(s: Session) -> None:
         if fd >= 0:
             os.close(fd)
         return
-    _platform.try_lock(fd, True)
-    _handles.note_file(slot, st)
     old, slot.index_fd = slot.index_fd, fd
     s.fd, s.st = fd, st
+    # The rewrite is done: nothing below may fail the call.
+    with contextlib.suppress(OSError):
+        _platform.try_lock(fd, True)
+    _handles.note_file(slot, st)
     if old >= 0:
-        os.close(old)  # also releases our lock on the old file, now superseded
+        with contextlib.suppress(OSError):
+            os.close(old)  # also releases our lock on the old file, now superseded
 
 
 def _still_current(s: Session, st: os.stat_result) -> bool:
