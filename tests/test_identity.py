@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import _internals
+import _system
 from _workers import check_index, context_for, entry_path, run_in_threads
 from index_writer import IndexLockTimeoutError, IndexWriteError, IndexWriter
 
@@ -126,6 +127,30 @@ def test_hard_linked_index_appends_and_refuses_rewrites(tmp_path: Path) -> None:
         assert str(other) in str(info.value)
     assert index.read_bytes() == other.read_bytes() == b"path,v\na,1\nb,2\n"
     assert os.stat(index).st_ino == os.stat(other).st_ino
+
+
+def _rename(src: str, dst: str) -> None:
+    os.rename(src, dst)
+
+
+@pytest.mark.parametrize("who", ["this process", "another process"])
+def test_an_index_moved_aside_is_left_alone_and_a_new_one_started(
+    tmp_path: Path, who: str
+) -> None:
+    # med-imagetools starts an index afresh by renaming it (overwrite_index);
+    # users do it with mv. The file this process keeps open is then no longer
+    # the index: writes must go to a new file at the path, not the moved one.
+    index, moved = tmp_path / "index.csv", tmp_path / "index.csv.backup"
+    w = IndexWriter(index)
+    w.write_entry("run1.nii", {"run": 1})
+    if who == "this process":
+        os.rename(index, moved)
+    else:
+        _system.in_child(_rename, str(index), str(moved))
+    w.write_entry("run2.nii", {"run": 2})
+    IndexWriter(index).write_entry("run2b.nii", {"run": 2})
+    assert moved.read_text() == "path,run\nrun1.nii,1\n"
+    assert index.read_text() == "path,run\nrun2.nii,2\nrun2b.nii,2\n"
 
 
 @pytest.mark.parametrize("linked", ["before either name is used", "after one name wrote"])

@@ -294,29 +294,35 @@ def _lock_lock_file(
 def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) -> bool:
     """Open (or reuse) the index for appending and lock it; False if missing.
 
-    Also opens the journal. A cached descriptor whose file was replaced
-    (a rewrite renames a new file over it) or deleted is reopened.
+    Also opens the journal. The descriptor kept open is reused while the
+    file at the path is still the one it holds: a rewrite renames a new file
+    over it, and the index may be deleted, or renamed away (med-imagetools
+    moves an index aside to start afresh); then the path is opened again.
     """
-    slot = s.slot
+    slot, state = s.slot, s.slot.state
     fd = slot.index_fd
-    if fd >= 0 and slot.opened_via == s.path and _platform.try_lock(fd, True):
-        try:
-            st = os.fstat(fd)
-        except OSError as e:  # ESTALE: replaced on a network filesystem; reopen below
-            if e.errno not in (errno.ENOENT, errno.ESTALE):
-                raise
-        else:
-            if st.st_nlink == 1 and slot.journal is not None and _still_current(s, st):
-                s.fd, s.st, s.journal = fd, st, slot.journal
-                return True
+    if (
+        fd >= 0
+        and state is not None
+        and slot.journal is not None
+        and slot.opened_via == s.path
+        and _platform.try_lock(fd, True)
+    ):
+        # The usual case costs one status call, on the path: it tells whether
+        # the file there is the one held open (the state describes that one),
+        # and, being that file's status, what changed in it.
+        st = _stat_or_none(s.path)
+        if st is not None and (st.st_dev, st.st_ino) == (state.dev, state.ino):
+            s.fd, s.st, s.journal = fd, st, slot.journal
+            return True
         _platform.unlock(fd)
     if slot.opened_via != s.path:  # another name (bind mount, hard link): open through ours
-        slot.close_files()
-        slot.state = None  # the file there may not be the one it describes
+        _close_files(slot)
     while True:
         if slot.index_fd < 0:
             fd, s.created = _open_index(s.path, create)
             if fd < 0:
+                slot.state = None
                 return False
             slot.index_fd = fd
             slot.opened_via = s.path
@@ -325,24 +331,16 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             raise LockTimeout(_holder(fd, slot))
         try:
             st = os.fstat(fd)
-            current = (
-                _still_current(s, st)
-                if st.st_nlink == 1
-                else st.st_nlink > 1 and _platform.same_file(st, os.stat(s.path))
-            )
-        except OSError as e:
+        except OSError as e:  # ESTALE: replaced on a network filesystem
             if e.errno not in (errno.ENOENT, errno.ESTALE):
                 raise
-            current = False
-        if current:
-            _handles.note_file(slot, st)
-            break
+        else:
+            at_path = _stat_or_none(s.path)
+            if at_path is not None and _platform.same_file(st, at_path):
+                break
         _platform.unlock(fd)
-        slot.close_files()
-        # The state stays: it describes the file just closed (see
-        # hold_new_file), so it is only kept if that is the file opened next
-        # (the same file through another name). A file created while ours was
-        # open cannot have its inode number.
+        _close_files(slot)
+    _handles.note_file(slot, st)
     if lock.created and stat.S_ISREG(st.st_mode):
         # We made the lock file: every user who may write the index must be
         # able to lock it (root running a maintenance job, say).
@@ -362,6 +360,26 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         slot.other_journal = others.pop() if others else ""
     s.journal = slot.journal
     return True
+
+
+def _close_files(slot: IndexSlot) -> None:
+    """Close the slot's files, and forget its state, which describes the file closed.
+
+    Once closed, that file may be deleted and its inode number given to a
+    new file, which the state would take for the same one.
+    """
+    slot.close_files()
+    slot.state = None
+
+
+def _stat_or_none(path: str) -> os.stat_result | None:
+    """``os.stat(path)``, or None if nothing is there (any more)."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ESTALE, errno.ENOTDIR):
+            raise
+        return None
 
 
 def hold_new_file(s: Session) -> None:
@@ -396,32 +414,6 @@ def hold_new_file(s: Session) -> None:
     if old >= 0:
         with contextlib.suppress(OSError):
             os.close(old)  # also releases our lock on the old file, now superseded
-
-
-def _still_current(s: Session, st: os.stat_result) -> bool:
-    """Whether the index open with status ``st`` (one link) is still the one at our path.
-
-    Usually known without asking the filesystem: the file is as we left it,
-    or it grew (another writer appended). Otherwise it may have been renamed
-    over while still linked elsewhere (an NFS client's hidden ``.nfs...``
-    file; a rewrite marks the old file's time so it is not as we left it),
-    and the path tells.
-    """
-    state = s.slot.state
-    if state is not None:
-        grew = (
-            (st.st_dev, st.st_ino) == (state.dev, state.ino)
-            and st.st_size > state.size
-            and st.st_mtime_ns != 0
-        )
-        if grew or state.unchanged(st):
-            return True
-    try:
-        return _platform.same_file(st, os.stat(s.path))
-    except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.ESTALE):
-            raise
-        return False
 
 
 def _open_index(path: str, create: bool) -> tuple[int, bool]:
