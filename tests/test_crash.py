@@ -475,3 +475,30 @@ def test_torn_append_after_a_longer_earlier_record(tmp_path: Path) -> None:
     _recover_in_fresh_process(index, "next")
     assert b"torn" not in Path(index).read_bytes()
     check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})
+
+
+@pytest.mark.parametrize("what", ["a symbolic link", "another file"])
+def test_what_is_not_a_journal_at_its_name_is_never_written(tmp_path: Path, what: str) -> None:
+    # Records are written over the start of the journal: a link planted at
+    # its name (in a directory a group shares) or a user's file there must be
+    # refused, not overwritten.
+    from index_writer import IndexWriteError
+
+    index = tmp_path / "index.csv"
+    index.write_text("path,v\na,1\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    journal = Path(_internals.journal_path(index))
+    if what == "a symbolic link":
+        journal.symlink_to(victim)
+    else:
+        journal.write_text("not a journal, keep me\n")
+    before = journal.read_bytes()
+    with pytest.raises(IndexWriteError, match="journal belongs") as info:
+        IndexWriter(index).write_entry("b", {"v": 2})
+    assert str(journal) in str(info.value)
+    assert journal.read_bytes() == before and victim.read_text() == "precious\n"
+    assert index.read_text() == "path,v\na,1\n"
+    journal.unlink()
+    IndexWriter(index).write_entry("b", {"v": 2})
+    assert index.read_text() == "path,v\na,1\nb,2\n"

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 import zlib
 from typing import Any
@@ -383,7 +384,7 @@ def open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, s
     places = (journal_path(index), journal_path(lock_path))
     for path in places:
         try:
-            return os.open(path, os.O_RDWR | _platform.O_BINARY), path
+            return _open_existing(path), path
         except FileNotFoundError:
             continue
         except PermissionError:
@@ -398,7 +399,7 @@ def open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, s
         except FileExistsError:
             if path == places[0]:
                 continue  # there, but not ours to write (see above): the other place
-            return os.open(path, os.O_RDWR | _platform.O_BINARY), path
+            return _open_existing(path), path
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or path == places[-1]:
                 raise
@@ -407,6 +408,35 @@ def open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, s
         _platform.copy_ownership(fd, st)
         return fd, path
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _open_existing(path: str) -> int:
+    """Open the existing journal at ``path`` for writing, if it is one.
+
+    Only a regular file that is empty or starts as a journal does: records
+    are written over the start of the file, so anything else at that name --
+    a symbolic link planted in a shared directory, a user's file -- is left
+    alone and reported, never overwritten.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | _platform.O_BINARY | _platform.O_NOFOLLOW)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.EEXIST, "a symbolic link is where the crash journal belongs; "
+                          "remove it", path) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        start = _platform.pread(fd, len(MAGIC), 0) if stat.S_ISREG(mode) else b"?"
+    except BaseException:
+        os.close(fd)
+        raise
+    family = MAGIC[: MAGIC.index(b"journal ") + len(b"journal ")]  # any version
+    if start and not (start.startswith(family) or family.startswith(start)):
+        os.close(fd)
+        raise OSError(errno.EEXIST, "a file that is not an index-writer crash journal is "
+                      "where the journal belongs; move it away", path)
+    return fd
 
 
 def journal_name(index_path: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 __all__ = [
     "O_BINARY",
+    "O_NOFOLLOW",
     "copy_ownership",
     "fsync_directory",
     "lock_holder",
@@ -32,6 +33,9 @@ __all__ = [
 
 #: Extra flag for :func:`os.open` so Windows does no newline translation.
 O_BINARY: int = getattr(os, "O_BINARY", 0)
+#: Extra flag for :func:`os.open` refusing a symbolic link as the last
+#: component (POSIX; Windows has none, and there only administrators make links).
+O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _seek_read(fd: int, size: int, offset: int) -> bytes:  # pragma: no cover

@@ -389,7 +389,8 @@ def _move_aside(fd: int, start: int, size: int, index: str) -> None:
     keep = os.path.join(directory, _files.sidecar_name(name, f"incomplete-{stamp}",
                                                        hidden=False, directory=directory))
     data = _files.pread_all(fd, size - start, start)
-    out = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _platform.O_BINARY, 0o666)
+    out = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_APPEND | _platform.O_BINARY
+                  | _platform.O_NOFOLLOW, 0o666)
     try:
         _files.write_all(out, data)
         os.fsync(out)
