@@ -243,6 +243,24 @@ def test_copying_a_writer_while_installed(
     assert len(writer.read_rows()) == 2
 
 
+def test_an_original_writer_pickled_elsewhere_arrives_as_ours(
+    clean: dict[tuple[str, str], Any], tmp_path: Path
+) -> None:
+    """A pickle names a class by where it lives: a med-imagetools writer pickled
+    in a process without index-writer and unpickled in one where index-writer
+    stands in for it (a reused worker, a spawned one under the variable)
+    arrives as ours, with only the original's attributes, and must work."""
+    iw, _ = modules()
+    original = iw.IndexWriter(tmp_path / "index.csv")
+    data = pickle.dumps(original)
+    install_as_imgtools()
+    twin = pickle.loads(data)
+    assert type(twin) is IndexWriter
+    assert (twin.index_path, twin.lock_path) == (original.index_path, original.lock_path)
+    twin.write_entry("a.nii.gz", {"n": 1})
+    assert twin.read_rows() == [{"path": "a.nii.gz", "n": "1"}]
+
+
 def test_without_imgtools_a_clear_import_error(
     clean: dict[tuple[str, str], Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

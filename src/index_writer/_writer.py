@@ -158,6 +158,20 @@ class IndexWriter:
             f"durable={self.durable!r})"
         )
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled writer, also one med-imagetools' own class pickled.
+
+        Pickles name a class by where it lives, so a med-imagetools writer
+        sent to a process where index-writer stands in for it (see
+        :func:`install_as_imgtools`) is restored as this class, with only
+        the original's attributes: it becomes a writer of the same index and
+        lock file, set up as if created there.
+        """
+        if "_index" in state:
+            self.__dict__.update(state)
+        else:
+            IndexWriter.__init__(self, state["index_path"], state.get("lock_path"))
+
     def __enter__(self) -> IndexWriter:
         return self
 
