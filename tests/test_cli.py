@@ -82,9 +82,25 @@ def test_json_object_values(index: Path) -> None:
     ]
 
 
+def test_json_numbers_are_kept_as_written(index: Path) -> None:
+    # Parsed as floats, they lost digits (1.2345678901234567e+19), trailing
+    # zeros (1.5) and their notation (100.0).
+    code, rows = add_rows(
+        index, "p", "--json",
+        '{"big": 12345678901234567890.5, "z": 1.50, "e": 1e2, "l": [1.0, {"k": -0}]}',
+    )
+    assert code == 0
+    assert rows == [
+        {"path": "p", "big": "12345678901234567890.5", "z": "1.50", "e": "1e2",
+         "l": '[1.0,{"k":-0}]'}
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "why"),
     [
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ('{"a": [-Infinity]}', "-Infinity is not a JSON number"),
         ("{bad", "not valid JSON"),
         ("", "not valid JSON"),
         ("[1, 2]", "expected a JSON object, got list"),

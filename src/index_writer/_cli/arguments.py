@@ -135,19 +135,39 @@ def parse_key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
+class _Number(str):
+    """A JSON number, kept as the text it was given in (``1.50`` stays ``1.50``)."""
+
+
 def _json_text(value: Any) -> str:
-    if isinstance(value, str):
+    if isinstance(value, str) and not isinstance(value, _Number):
         return value
     if value is None:
         return ""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _compact(value)
+
+
+def _compact(value: Any) -> str:
+    """Compact JSON text of a parsed value, its numbers as given."""
+    if isinstance(value, _Number):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(_compact, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_compact(str(k))}:{_compact(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value, ensure_ascii=False)  # a string, true, false or null
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"--json: {name} is not a JSON number; give it as a string")
 
 
 def parse_json_object(text: str) -> dict[str, str]:
     """Parse ``--json``: a JSON object whose values become column values.
 
     Strings are kept as they are, ``null`` becomes an empty value, anything
-    else (numbers, booleans, arrays, objects) its compact JSON text.
+    else (numbers, booleans, arrays, objects) its compact JSON text, numbers
+    exactly as written (``1.50`` stays ``1.50``).
 
     Parameters
     ----------
@@ -168,6 +188,8 @@ def parse_json_object(text: str) -> dict[str, str]:
     --------
     >>> parse_json_object('{"note": "a, \\\\"b\\\\"", "n": 1.5, "ok": true, "x": null}')
     {'note': 'a, "b"', 'n': '1.5', 'ok': 'true', 'x': ''}
+    >>> parse_json_object('{"n": 1.50, "big": 12345678901234567890.5, "v": [1e2, {"k": 0}]}')
+    {'n': '1.50', 'big': '12345678901234567890.5', 'v': '[1e2,{"k":0}]'}
     """
 
     def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -179,7 +201,8 @@ def parse_json_object(text: str) -> dict[str, str]:
         return out
 
     try:
-        obj = json.loads(text, object_pairs_hook=pairs_hook)
+        obj = json.loads(text, object_pairs_hook=pairs_hook, parse_float=_Number,
+                         parse_int=_Number, parse_constant=_not_json)
     except json.JSONDecodeError as e:
         raise ValueError(f"--json: not valid JSON: {e}") from None
     if not isinstance(obj, dict):
