@@ -865,3 +865,46 @@ def test_show_csv_parses_back_to_read_rows(
     back = list(csv.reader(io.StringIO(data.decode("utf-8"), newline=""), strict=True))
     assert back[0] == list(rows[0])
     assert [dict(zip(back[0], r, strict=True)) for r in back[1:]] == rows
+
+
+# ------------------------------------------------------------ standard output
+
+
+def _run_with_stdout(stdout: str, *args: str, env: dict[str, str] | None = None
+                     ) -> subprocess.CompletedProcess[bytes]:
+    """Run the console script with its standard output closed ("closed") or sent to a file."""
+    redirect = ">&-" if stdout == "closed" else f'> "{stdout}"'
+    script = f'exec "$@" {redirect}'
+    return subprocess.run(["sh", "-c", script, "sh", *console_script(), *args],
+                          capture_output=False, stderr=subprocess.PIPE, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_a_closed_standard_output_is_reported_before_anything_is_done(index: Path) -> None:
+    index.write_text("path,v\nx,1\nx,2\n")
+    for args in (["show", str(index)], ["check", str(index), "--dedupe"]):
+        r = _run_with_stdout("closed", *args)
+        assert r.returncode == 1
+        assert r.stderr.decode().startswith("index-writer: error: standard output is closed")
+    assert index.read_text() == "path,v\nx,1\nx,2\n"  # nothing de-duplicated either
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_failure_to_print_is_not_blamed_on_the_index(index: Path) -> None:
+    index.write_text("path,v\nx,1\n")
+    for args in (["show", str(index)], ["show", str(index), "--format", "csv"],
+                 ["check", str(index)]):
+        r = _run_with_stdout("/dev/full", *args)
+        assert r.returncode == 1
+        assert r.stderr.decode() == (
+            "index-writer: error: cannot write to standard output: No space left on device\n"
+        )
+
+
+def test_json_output_is_utf8_whatever_the_terminal_encoding(index: Path, tmp_path: Path) -> None:
+    index.write_text("path,note\ncafé.nii,😀\n", encoding="utf-8")
+    out = tmp_path / "out.json"
+    r = _run_with_stdout(str(out), "show", str(index), "--format", "json",
+                         env={"PYTHONIOENCODING": "latin-1"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_bytes()) == [{"path": "café.nii", "note": "😀"}]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -19,8 +21,31 @@ class UsageError(Exception):
 
 
 def stdout() -> TextIO:
-    """The current standard output (looked up at each call, for redirection)."""
+    """The current standard output (looked up at each call, for redirection).
+
+    Raises
+    ------
+    CliError
+        There is none: the command was started with it closed.
+    """
+    if sys.stdout is None:
+        raise CliError("standard output is closed: send it somewhere (> FILE, or "
+                       "> /dev/null to discard it)")
     return sys.stdout
+
+
+@contextlib.contextmanager
+def printing() -> Iterator[None]:
+    """Report a failure to write standard output as that, not as the index's.
+
+    A closed pipe (``| head``) is left to the caller, which stops quietly.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise CliError(f"cannot write to standard output: {e.strerror or e}") from None
 
 
 def stderr() -> TextIO | None:
@@ -31,7 +56,8 @@ def stderr() -> TextIO | None:
 def say(text: str, stream: TextIO | None = None) -> None:
     """Write one line to ``stream`` (standard output by default)."""
     stream = stdout() if stream is None else stream
-    stream.write(text + "\n")
+    with printing():
+        stream.write(text + "\n")
 
 
 def plural(n: int, word: str) -> str:

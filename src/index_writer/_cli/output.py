@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, TextIO
 
 from .._table import format_row
+from .common import printing
 
 #: Longest cell shown by ``show --format table`` (in terminal columns).
 TABLE_CELL_MAX = 60
@@ -101,7 +102,8 @@ def table_lines(columns: Sequence[str], rows: Rows) -> Iterator[str]:
 def write_table(out: TextIO, columns: Sequence[str], rows: Rows) -> None:
     """Print the rows as an aligned table."""
     for text in table_lines(columns, rows):
-        out.write(text + "\n")
+        with printing():
+            out.write(text + "\n")
 
 
 def write_json(out: TextIO, columns: Sequence[str], rows: Rows) -> None:
@@ -121,12 +123,31 @@ def write_json(out: TextIO, columns: Sequence[str], rows: Rows) -> None:
       }
     ]
     """
+    put = _utf8(out)  # JSON is UTF-8, whatever the terminal's encoding
     sep = "[\n"
     for row in rows():
         text = json.dumps({c: row[c] for c in columns}, ensure_ascii=False, indent=2)
-        out.write(sep + "  " + text.replace("\n", "\n  "))
+        put(sep + "  " + text.replace("\n", "\n  "))
         sep = ",\n"
-    out.write("[]\n" if sep == "[\n" else "\n]\n")
+    put("[]\n" if sep == "[\n" else "\n]\n")
+    with printing():
+        out.flush()
+
+
+def _utf8(out: TextIO) -> Callable[[str], None]:
+    """Write text to ``out`` as UTF-8: to its binary buffer when it has one."""
+    raw: BinaryIO | None = getattr(out, "buffer", None)
+    with printing():
+        out.flush()
+
+    def put(text: str) -> None:
+        with printing():
+            if raw is None:
+                out.write(text)
+            else:
+                raw.write(text.encode("utf-8"))
+
+    return put
 
 
 def csv_records(columns: Sequence[str], rows: Iterable[dict[str, str]]) -> Iterator[str]:
@@ -155,16 +176,13 @@ def write_csv(out: TextIO, columns: Sequence[str], rows: Rows) -> None:
     The bytes go to the stream's binary buffer when it has one, so no
     newline translation (CR LF on Windows) changes the values.
     """
-    raw: BinaryIO | None = getattr(out, "buffer", None)
-    if raw is None:
-        out.writelines(csv_records(columns, rows()))
-        return
-    out.flush()
+    put = _utf8(out)
     chunk: list[str] = []
     for record in csv_records(columns, rows()):
         chunk.append(record)
         if len(chunk) >= 1024:
-            raw.write("".join(chunk).encode("utf-8"))
+            put("".join(chunk))
             chunk.clear()
-    raw.write("".join(chunk).encode("utf-8"))
-    raw.flush()
+    put("".join(chunk))
+    with printing():
+        out.flush()

@@ -15,7 +15,7 @@ from .._errors import IndexReadError
 from .._state import iter_rows
 from .._writer import IndexWriter, copy_snapshot
 from .arguments import add_timeout_option, column_list
-from .common import CliError, require_file, stdout
+from .common import CliError, printing, require_file, stdout
 from .output import TABLE_CELL_MAX, write_csv, write_json, write_table
 
 _WRITERS = {"csv": write_csv, "json": write_json, "table": write_table}
@@ -94,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
             columns = args.columns
         out = stdout()
         _WRITERS[args.format](out, columns, rows)
-        out.flush()
+        with printing():
+            out.flush()
     return 0
