@@ -908,3 +908,13 @@ def test_json_output_is_utf8_whatever_the_terminal_encoding(index: Path, tmp_pat
                          env={"PYTHONIOENCODING": "latin-1"})
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_bytes()) == [{"path": "café.nii", "note": "😀"}]
+
+
+def test_show_columns_named_with_a_comma_and_given_twice(index: Path) -> None:
+    index.write_text('path,"dose, Gy",v\na,1,2\n')
+    r = run("show", index, "--columns", 'v, "dose, Gy"', "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [{"v": "2", "dose, Gy": "1"}]
+    r = run("show", index, "--columns", "path,v,path")
+    assert r.returncode == 2
+    assert "column 'path' given twice" in r.stderr

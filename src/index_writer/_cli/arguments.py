@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import threading
@@ -91,14 +92,23 @@ def add_filepath_column_option(parser: argparse.ArgumentParser) -> None:
 def column_list(text: str) -> list[str]:
     """An argparse type: comma-separated column names, spaces around them dropped.
 
+    Written as a CSV record, so a name holding a comma is given in double
+    quotes. A name given twice is refused.
+
     Examples
     --------
-    >>> column_list("path, subject")
-    ['path', 'subject']
+    >>> column_list('path, subject, "dose, Gy"')
+    ['path', 'subject', 'dose, Gy']
     """
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
+    try:
+        names = [name.strip() for name in next(csv.reader([text], skipinitialspace=True))]
+    except (csv.Error, StopIteration):
+        names = []
+    if not names or not all(names):
         raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"column {', '.join(map(repr, twice))} given twice")
     return names
 
 
