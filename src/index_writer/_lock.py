@@ -88,7 +88,8 @@ class Session:
     fd : int
         The index, open (for appending, for writers).
     st : os.stat_result | None
-        Its ``fstat`` after locking.
+        Its status after locking (from a ``stat`` of the path, which
+        names the same file).
     created : bool
         This call created the (empty) index file.
     journal : Journal | None
