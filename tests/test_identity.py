@@ -153,6 +153,32 @@ def test_an_index_moved_aside_is_left_alone_and_a_new_one_started(
     assert index.read_text() == "path,run\nrun2.nii,2\nrun2b.nii,2\n"
 
 
+def _write_with_own_lock_file(index: str, lock: str) -> None:
+    IndexWriter(index, lock_path=lock, timeout=0.3).write_entry("other", {"v": 9})
+
+
+def test_a_renamed_index_is_one_index_with_the_name_it_had(tmp_path: Path) -> None:
+    # This process holds b.csv open when it is renamed to c.csv. A writer of
+    # c.csv must share the slot that holds the file: two slots would each
+    # lock and unlock the same file, and POSIX locks belong to the process,
+    # so one's unlock (here a write through the old name, which finds the
+    # file gone) would release the lock the other holds, and let another
+    # process in.
+    b, c = tmp_path / "b.csv", tmp_path / "c.csv"
+    wb = IndexWriter(b, timeout=0.3)
+    wb.write_entry("x", {"v": 1})
+    os.rename(b, c)
+    wc = IndexWriter(c)
+    with _internals.holding_lock(wc):
+        with pytest.raises(IndexLockTimeoutError):
+            wb.write_entry("y", {"v": 2})
+        with pytest.raises(IndexLockTimeoutError):
+            _system.in_child(_write_with_own_lock_file, str(c), str(tmp_path / "own.lock"))
+    wb.write_entry("y", {"v": 2})  # a new index at the old name
+    assert [r["path"] for r in IndexWriter(b).read_rows()] == ["y"]
+    assert [r["path"] for r in wc.read_rows()] == ["x"]
+
+
 @pytest.mark.parametrize("linked", ["before either name is used", "after one name wrote"])
 def test_two_names_of_a_hard_linked_index_are_one_index(tmp_path: Path, linked: str) -> None:
     # Each name has its own default lock file, so only this process's mutex

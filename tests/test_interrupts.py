@@ -128,39 +128,33 @@ def test_interrupts_never_leave_a_lock_held(tmp_path: Path) -> None:
     print(f"\n{seen} interrupts in {calls} calls; {len(acked)} acknowledged, {len(found)} rows")
 
 
-def test_an_interrupt_just_after_a_rewrite_creates_its_temporary_file(tmp_path: Path) -> None:
+def test_an_interrupt_just_after_a_rewrite_creates_its_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Deterministically, the worst instant for Ctrl-C in a rewrite: the
-    # temporary file exists but the code has not yet stored its descriptor
-    # (the interrupt is raised by a tracer before the first bytecode after
-    # os.open returns). The file must not be left behind; the index is
-    # unchanged and the next write works.
-    from index_writer import _files
-
+    # temporary file exists (really created) but the code has not yet stored
+    # its descriptor -- the interrupt arrives as os.open returns. The file
+    # must not be left behind; the index is unchanged and the next write works.
     index = tmp_path / "index.csv"
     w = IndexWriter(index)
     w.write_entries([(f"r{i}", {"v": 0}) for i in range(100)])
     before = index.read_bytes()
+    real_open = os.open
     fired: list[str] = []
 
-    def opcodes(frame: Any, event: str, arg: Any) -> Any:
-        if event == "opcode" and not fired and stray_temp_files(tmp_path):
-            fired.append(frame.f_code.co_name)
+    def open_then_interrupt(path: Any, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, *args, **kwargs)
+        if str(path).endswith(".tmp") and not fired:
+            fired.append(str(path))
+            os.close(fd)  # only so that the test itself leaks nothing
             raise KeyboardInterrupt
-        return opcodes
+        return fd
 
-    def calls(frame: Any, event: str, arg: Any) -> Any:
-        if event == "call" and frame.f_code is _files.replace.__code__:
-            frame.f_trace_opcodes = True
-            return opcodes
-        return None
-
-    sys.settrace(calls)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            w.write_entry("r5", {"v": 1}, replace_existing=True)
-    finally:
-        sys.settrace(None)
-    assert fired == ["replace"]
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        w.write_entry("r5", {"v": 1}, replace_existing=True)
+    monkeypatch.undo()
+    assert len(fired) == 1
     assert stray_temp_files(tmp_path) == []
     assert index.read_bytes() == before
     w.write_entry("r5", {"v": 2}, replace_existing=True)

@@ -151,6 +151,8 @@ def test_many_rewrites_of_one_index_keep_the_registries_small(tmp_path: Path) ->
         w.write_entry("r1", {"v": i + 1}, replace_existing=True)  # a rewrite each
     assert _internals.registry_sizes() == before
     assert w.read_rows()[1] == {"path": "r1", "v": "300"}
+    w.close()  # it holds no file now: nothing is filed under one
+    assert _internals.registry_sizes()["files"] == before["files"] - 1
 
 
 def test_lock_file_of_two_spellings_closed_for_one_of_them(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "IndexSlot",
     "LockFile",
     "close_slot",
+    "forget_file",
     "known_state",
     "lock_file_for",
     "note_file",
@@ -315,8 +316,10 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
             known = _by_file.get(identity)
             if known is not None and known.evicted:
                 known = None
-            if file.st_nlink > 1 and known is not None:
-                slot, new = known, False  # another name (a hard link) of a file in a slot
+            if known is not None and (file.st_nlink > 1 or _holds(known, identity)):
+                # Another name of a file in a slot: a hard link, or the name
+                # the file a slot holds open was renamed to.
+                slot, new = known, False
             if slot is None:
                 slot = _slots[key] = IndexSlot(real)
             if known is None:
@@ -334,10 +337,24 @@ def note_file(slot: IndexSlot, st: os.stat_result) -> None:
 
     So that another name of that file (a hard link made later) finds it.
     """
+    identity = (st.st_dev, st.st_ino)
     with _guard:
-        known = _by_file.get((st.st_dev, st.st_ino))
-        if known is None or known.evicted:
-            _file_under((st.st_dev, st.st_ino), slot)
+        known = _by_file.get(identity)
+        if known is None or known.evicted or not _holds(known, identity):
+            _file_under(identity, slot)
+
+
+def _holds(slot: IndexSlot, identity: tuple[int, int]) -> bool:
+    """Whether ``slot`` has the file ``identity`` open (as far as can be seen unlocked)."""
+    return slot.index_fd >= 0 and slot.identity == identity
+
+
+def forget_file(slot: IndexSlot) -> None:
+    """``slot`` no longer holds its file: another slot may be filed under it."""
+    with _guard:
+        if slot.identity is not None and _by_file.get(slot.identity) is slot:
+            del _by_file[slot.identity]
+        slot.identity = None
 
 
 def _file_under(identity: tuple[int, int], slot: IndexSlot) -> None:
@@ -466,6 +483,7 @@ def close_slot(index: str, lock_path: str) -> None:
         with slot.mutex:
             slot.close_files()
             slot.state = None
+            forget_file(slot)
     lock = _lock_paths.get(lock_path)
     if lock is not None:
         with lock.mutex:

@@ -371,6 +371,7 @@ def _close_files(slot: IndexSlot) -> None:
     """
     slot.close_files()
     slot.state = None
+    _handles.forget_file(slot)
 
 
 def _stat_or_none(path: str) -> os.stat_result | None:
