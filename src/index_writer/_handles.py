@@ -286,12 +286,16 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
     points to and stays a link. The index's directory is created if missing
     and ``create_directory`` is set; otherwise a missing directory returns
     None (the index cannot exist). The answer is remembered for ``index``
-    (resolving costs a system call per path component): a link changed
-    afterwards is not followed by this process.
+    (resolving costs a system call per path component) while its slot holds
+    the file open: a link changed meanwhile is not followed by this process.
+    A name whose file another slot holds open (a hard link, a name the file
+    was renamed to) gets that slot.
     """
     hit = _resolved.get(index)
-    if hit is not None and not hit[0].evicted:
+    if hit is not None and not hit[0].evicted and hit[0].index_fd >= 0:
         return hit
+    # Resolved afresh while its slot holds no file: the file found now may be
+    # one another slot holds (a hard link made since).
     real = os.path.realpath(index)
     directory = os.path.dirname(real)
     try:
@@ -322,7 +326,7 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
                 slot, new = known, False
             if slot is None:
                 slot = _slots[key] = IndexSlot(real)
-            if known is None:
+            if known is None and slot.identity is None:  # never instead of a file it holds
                 _file_under(identity, slot)
         elif slot is None:
             slot = _slots[key] = IndexSlot(real)
