@@ -261,7 +261,10 @@ def remove_tree(path: Path) -> None:
             shutil.rmtree(path)
             return
         except FileNotFoundError:
-            return
+            if not os.path.lexists(path):
+                return
+            # Another participant, the last out at the same moment, removed
+            # part of it meanwhile: go on with the rest.
         except OSError as e:
             if attempt == 39:
                 logger.warning("could not remove the probe directory %s: %s", path, e)
