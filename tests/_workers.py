@@ -15,6 +15,7 @@ import contextlib
 import csv
 import hashlib
 import importlib
+import itertools
 import logging
 import os
 import random
@@ -27,6 +28,9 @@ from typing import Any, NamedTuple
 
 import _internals
 from index_writer import IndexWriter
+
+#: Rounds of :func:`write_threads` and :func:`original_write_range` given a barrier.
+ROUNDS = 4
 
 #: Length of the value in the ``blob`` column of "big" entries (``/big`` paths).
 BLOB_CHARS = 50_000
@@ -235,35 +239,63 @@ def run_in_threads(target: Callable[[int], None], n: int) -> None:
         raise errors[0]
 
 
+def round_bounds(n: int, n_rounds: int) -> list[range]:
+    """Entries ``0 .. n - 1`` cut into ``n_rounds`` consecutive ranges."""
+    cuts = [k * n // n_rounds for k in range(n_rounds + 1)]
+    return [range(lo, hi) for lo, hi in itertools.pairwise(cuts)]
+
+
+def round_of(i: int, n: int, n_rounds: int) -> int:
+    """The round (of :func:`round_bounds`) in which entry ``i`` of ``n`` is written."""
+    return next(k for k, r in enumerate(round_bounds(n, n_rounds)) if i in r)
+
+
 def write_threads(
-    index: str, tag: str, n_threads: int, n: int, start_event: Any = None, pause: float = 0.0
+    index: str,
+    tag: str,
+    n_threads: int,
+    n: int,
+    start_event: Any = None,
+    pause: float = 0.0,
+    rounds: Any = None,
 ) -> int:
     """``n_threads`` threads each write ``n`` entries; raise if any thread failed.
 
     Even threads share one writer object, odd threads make their own, and
     every third thread writes in small batches. With ``pause``, each thread
     waits that long between writes, like a pipeline that records a file
-    after processing it (it leaves the lock free some of the time).
+    after processing it (it leaves the lock free some of the time). With
+    ``rounds`` (a ``multiprocessing.Barrier``), the entries are written in
+    :data:`ROUNDS` rounds (:func:`round_bounds`): once all threads have
+    written a round's entries, the process waits at ``rounds`` for the other
+    processes sharing it before the next round.
     """
     shared = IndexWriter(index)
     barrier = threading.Barrier(n_threads)
+    n_rounds = 1 if rounds is None else ROUNDS
+    between = threading.Barrier(
+        n_threads, action=None if rounds is None else lambda: rounds.wait(60), timeout=120
+    )
 
     def run(t: int) -> None:
         w = shared if t % 2 == 0 else IndexWriter(index)
         barrier.wait()
         sub = f"{tag}-t{t}"
-        if t % 3 == 2:
-            for lo in range(0, n, 7):
-                ps = [entry_path(sub, i) for i in range(lo, min(n, lo + 7))]
-                w.write_entries([(p, context_for(p)) for p in ps])
-                if pause:
-                    time.sleep(pause)
-        else:
-            for i in range(n):
-                p = entry_path(sub, i)
-                w.write_entry(p, context_for(p))
-                if pause:
-                    time.sleep(pause)
+        for part in round_bounds(n, n_rounds):
+            if t % 3 == 2:
+                for lo in range(part.start, part.stop, 7):
+                    ps = [entry_path(sub, i) for i in range(lo, min(part.stop, lo + 7))]
+                    w.write_entries([(p, context_for(p)) for p in ps])
+                    if pause:
+                        time.sleep(pause)
+            else:
+                for i in part:
+                    p = entry_path(sub, i)
+                    w.write_entry(p, context_for(p))
+                    if pause:
+                        time.sleep(pause)
+            if rounds is not None:
+                between.wait()
 
     if start_event is not None:
         start_event.wait()
@@ -481,15 +513,23 @@ def replace_worker_revs(tag: str, n: int) -> dict[str, int]:
 # ----------------------------------------------------- the original writer
 
 
-def original_write_range(module_file: str, index: str, tag: str, n: int, start_event: Any) -> int:
-    """Write ``n`` entries with med-imagetools' original IndexWriter."""
+def original_write_range(
+    module_file: str, index: str, tag: str, n: int, start_event: Any, rounds: Any = None
+) -> int:
+    """Write ``n`` entries with med-imagetools' original IndexWriter.
+
+    With ``rounds``, in rounds as :func:`write_threads` writes them.
+    """
     from _original import load
 
     w = load(module_file).IndexWriter(Path(index))
     start_event.wait()
-    for i in range(n):
-        p = entry_path(tag, i)
-        w.write_entry(Path(p), context_for(p))
+    for part in round_bounds(n, 1 if rounds is None else ROUNDS):
+        for i in part:
+            p = entry_path(tag, i)
+            w.write_entry(Path(p), context_for(p))
+        if rounds is not None:
+            rounds.wait(60)
     return os.getpid()
 
 

@@ -24,12 +24,14 @@ import pytest
 
 from _original import OriginalUnavailable, load, source_path
 from _workers import (
+    ROUNDS,
     check_index,
     context_for,
     entry_path,
     fake_append_journal,
     original_write_range,
     read_csv,
+    round_of,
     thread_paths,
     write_threads,
 )
@@ -60,17 +62,25 @@ def test_original_and_ours_write_concurrently(tmp_path: Path, original_file: str
     may the original lose ours: both take the same fasteners lock). Our
     threads pause 2 ms between writes, as a pipeline does between files:
     the original polls for the lock and would otherwise hardly ever get it
-    while ours run.
+    while ours run. All four processes write in rounds and meet at a barrier
+    after each, so the two writers meet in each round: whatever the
+    scheduling, the file must then hold every round's rows after the rows
+    of the rounds before it, with rows of both writers in each.
     """
     index = str(tmp_path / "index.csv")
     go = FORK.Event()
+    rounds = FORK.Barrier(4)
+    n_orig, n_ours = 80, 150
     procs = [
         FORK.Process(
-            target=original_write_range, args=(original_file, index, f"plain-o{k}", 80, go)
+            target=original_write_range,
+            args=(original_file, index, f"plain-o{k}", n_orig, go, rounds),
         )
         for k in range(2)
     ] + [
-        FORK.Process(target=write_threads, args=(index, f"plain-w{k}", 2, 150, go, 0.002))
+        FORK.Process(
+            target=write_threads, args=(index, f"plain-w{k}", 2, n_ours, go, 0.002, rounds)
+        )
         for k in range(2)
     ]
     for p in procs:
@@ -79,19 +89,28 @@ def test_original_and_ours_write_concurrently(tmp_path: Path, original_file: str
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0] * len(procs)
-    want = {entry_path(f"plain-o{k}", i) for k in range(2) for i in range(80)}
+    want = {entry_path(f"plain-o{k}", i) for k in range(2) for i in range(n_orig)}
     for k in range(2):
-        want |= thread_paths(f"plain-w{k}", 2, 150)
+        want |= thread_paths(f"plain-w{k}", 2, n_ours)
     check_index(index, exact=want)
     data = Path(index).read_bytes()
     # The original (CR LF) had the file last or ours kept its line ending.
     assert data.count(b"\n") == data.count(b"\r\n")
-    # The two really took turns: rows alternate between them many times.
+    # Rows stay in the order they were written in: round by round.
     header, records = read_csv(index)
     col = header.index("path")
-    who = [r[col].startswith("plain-o") for r in records]
+    paths = [r[col] for r in records]
+    who = [p.startswith("plain-o") for p in paths]
+    in_round = [
+        round_of(int(p.rsplit("/e", 1)[1][:6]), n_orig if o else n_ours, ROUNDS)
+        for p, o in zip(paths, who, strict=True)
+    ]
+    assert in_round == sorted(in_round)
+    for k in range(ROUNDS):
+        assert {o for o, r in zip(who, in_round, strict=True) if r == k} == {True, False}
+    # So the two took turns at least once a round.
     turns = sum(1 for a, b in itertools.pairwise(who) if a != b)
-    assert turns >= 4, f"only {turns} turns between the original and ours"
+    assert turns >= ROUNDS
     print(f"\n{turns} turns between the original and ours")
 
 

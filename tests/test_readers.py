@@ -212,13 +212,23 @@ def _batch_tag(k: int, size: int) -> str:
 BATCHES = 24
 
 
-def _write_batches(index: str, done: Any) -> None:
-    """Write :data:`BATCHES` batches of self-checking rows, then set ``done``."""
+def _write_batches(index: str, done: Any, reads: Any) -> None:
+    """Write :data:`BATCHES` batches of self-checking rows, then set ``done``.
+
+    After each batch, wait until the reader has finished two more reads (the
+    second began after the batch was written), so that every state of the
+    index is read at least once, however the two are scheduled.
+    """
     w = IndexWriter(index)
     for k in range(BATCHES):
         size = 500 + (k * 7919) % 4501
         tag = _batch_tag(k, size)
         w.write_entries((entry_path(tag, j), context_for(entry_path(tag, j))) for j in range(size))
+        after = reads.value + 2
+        deadline = time.monotonic() + 60
+        while reads.value < after:
+            assert time.monotonic() < deadline, "the reader stopped reading"
+            time.sleep(0.001)
     done.set()
 
 
@@ -234,14 +244,19 @@ def _snapshot_problems(rows: list[dict[str, str]]) -> tuple[list[str], int]:
     return problems, len(counts)
 
 
-def _read_snapshots(index: str, done: Any) -> tuple[list[str], list[int]]:
-    """Read over and over until the writer is done; the problems found, the batches seen."""
+def _read_snapshots(index: str, done: Any, reads: Any) -> tuple[list[str], list[int]]:
+    """Read over and over until the writer is done; the problems found, the batches seen.
+
+    ``reads`` counts the reads finished.
+    """
     problems: list[str] = []
     seen: list[int] = []
     while not done.is_set():
         found, batches = _snapshot_problems(IndexWriter(index).read_rows())
         problems += found
         seen.append(batches)
+        with reads.get_lock():
+            reads.value += 1
     return problems[:10], seen
 
 
@@ -253,20 +268,22 @@ def test_snapshots_during_big_batches_are_all_or_nothing(tmp_path: Path, reader:
         data.mkdir(mode=0o755)
         index = data / "index.csv"
         IndexWriter(index).write_entry("first", {})  # the index and its lock file exist
-        done = FORK.Event()
-        writer = FORK.Process(target=_write_batches, args=(str(index), done))
+        done, reads = FORK.Event(), FORK.Value("i", 0)
+        writer = FORK.Process(target=_write_batches, args=(str(index), done, reads))
         with read_only_view(data, tmp_path / "ro") as ro:
             writer.start()
             try:
                 if reader == "read-only mount":
-                    problems, seen = _read_snapshots(str(ro / "index.csv"), done)
+                    problems, seen = _read_snapshots(str(ro / "index.csv"), done, reads)
                 else:
-                    problems, seen = in_child(_read_snapshots, str(index), done, uid=NOBODY)
+                    problems, seen = in_child(
+                        _read_snapshots, str(index), done, reads, uid=NOBODY
+                    )
             finally:
                 writer.join(120)
             assert writer.exitcode == 0
             assert problems == []
-            assert len(set(seen)) >= 3, seen  # the reads did overlap the writes
+            assert set(range(1, BATCHES + 1)) <= set(seen), seen  # every state was read
             shown = cli("show", ro / "index.csv", "--format", "json")
         assert shown.returncode == 0, shown.stderr
         assert _snapshot_problems(json.loads(shown.stdout)) == ([], BATCHES)
