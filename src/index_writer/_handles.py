@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 __all__ = [
     "IndexSlot",
     "LockFile",
+    "close_index",
     "close_slot",
-    "forget_file",
     "known_state",
     "lock_file_for",
     "note_file",
@@ -353,7 +353,19 @@ def _holds(slot: IndexSlot, identity: tuple[int, int]) -> bool:
     return slot.index_fd >= 0 and slot.identity == identity
 
 
-def forget_file(slot: IndexSlot) -> None:
+def close_index(slot: IndexSlot) -> None:
+    """Close the slot's files and forget what described them (the caller holds its mutex).
+
+    Its state and the file it is filed under go too: once closed, that file
+    may be deleted and its inode number given to a new file, which they
+    would take for the same one.
+    """
+    slot.close_files()
+    slot.state = None
+    _forget_file(slot)
+
+
+def _forget_file(slot: IndexSlot) -> None:
     """``slot`` no longer holds its file: another slot may be filed under it."""
     with _guard:
         if slot.identity is not None and _by_file.get(slot.identity) is slot:
@@ -485,9 +497,7 @@ def close_slot(index: str, lock_path: str) -> None:
             slot = _slots.get((st.st_dev, st.st_ino, os.path.basename(real)))
     if slot is not None:
         with slot.mutex:
-            slot.close_files()
-            slot.state = None
-            forget_file(slot)
+            close_index(slot)
     lock = _lock_paths.get(lock_path)
     if lock is not None:
         with lock.mutex:

@@ -318,7 +318,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             return True
         _platform.unlock(fd)
     if slot.opened_via != s.path:  # another name (bind mount, hard link): open through ours
-        _close_files(slot)
+        _handles.close_index(slot)
     while True:
         if slot.index_fd < 0:
             fd, s.created = _open_index(s.path, create)
@@ -340,7 +340,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             if at_path is not None and _platform.same_file(st, at_path):
                 break
         _platform.unlock(fd)
-        _close_files(slot)
+        _handles.close_index(slot)
     _handles.note_file(slot, st)
     if lock.created and stat.S_ISREG(st.st_mode):
         # We made the lock file: every user who may write the index must be
@@ -350,7 +350,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             _platform.copy_ownership(lock.fd, st)
     if not stat.S_ISREG(st.st_mode):  # a FIFO, a device: no index can live there
         _platform.unlock(fd)
-        slot.close_files()
+        _handles.close_index(slot)
         raise OSError(errno.EINVAL, "not a regular file: an index must be a file", s.path)
     s.fd, s.st = fd, st
     if slot.journal is None:
@@ -361,17 +361,6 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         slot.other_journal = others.pop() if others else ""
     s.journal = slot.journal
     return True
-
-
-def _close_files(slot: IndexSlot) -> None:
-    """Close the slot's files, and forget its state, which describes the file closed.
-
-    Once closed, that file may be deleted and its inode number given to a
-    new file, which the state would take for the same one.
-    """
-    slot.close_files()
-    slot.state = None
-    _handles.forget_file(slot)
 
 
 def _stat_or_none(path: str) -> os.stat_result | None:
