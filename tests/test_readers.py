@@ -593,3 +593,16 @@ def test_a_latin1_last_row_is_refused_not_dropped(
         IndexWriter(index).write_entry("new.nii", {"name": "x"})
     assert index.read_bytes() == data
     assert not [name for name in os.listdir(tmp_path) if "incomplete" in name]
+
+
+def test_a_latin1_file_ending_in_a_lead_byte_is_refused_untouched(tmp_path: Path) -> None:
+    # Its last byte looks like a character cut short, but an earlier line is
+    # not UTF-8 either: moving the last line aside would change the file and
+    # still leave it refused.
+    index = tmp_path / "index.csv"
+    data = b"path,a\nx,caf\xe9\ny,r\xe9sum\xe9"
+    index.write_bytes(data)
+    with pytest.raises(IndexReadError, match="not valid UTF-8"):
+        IndexWriter(index).write_entry("z", {"a": "9"})
+    assert index.read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == [".index.csv.journal", "index.csv", "index.csv.lock"]

@@ -371,14 +371,17 @@ def incomplete_tail(error: TableError, fd: int, size: int) -> int | None:
     the last record cannot be a row -- its quote never closes, or the file
     ends in the middle of a UTF-8 character. Such bytes are what a write cut
     short leaves; no program writes them on purpose. None for any other
-    error (a byte that is not UTF-8 elsewhere is a malformed file, refused).
+    error (a byte that is not UTF-8 before the last line is a malformed
+    file, refused: moving the last line aside would change the file and
+    still leave it refused).
     """
     if size == 0 or _platform.pread(fd, 1, size - 1) in (b"\n", b"\r"):
         return None
     if error.kind == "unclosed-quote" and error.start is not None:
         return error.start
-    if error.kind == "not-utf8":
-        return _journal.cut_utf8_tail(fd, size)
+    if error.kind == "not-utf8" and error.offset is not None:
+        start = _journal.cut_utf8_tail(fd, size)
+        return start if start is not None and start <= error.offset else None
     return None
 
 
