@@ -449,7 +449,7 @@ def test_the_streaming_check_agrees_with_reading_it_all_at_once(
     except csv.Error:
         return  # malformed: covered by the examples above
     rows = [r for r in records[1:] if r]
-    paths = [r[0] for r in rows]
+    paths = [r[0] for r in rows if r[0]]  # a row without a path is no file's
     report = check_index(index)
     assert report.rows == len(rows)
     assert report.columns == ["path", "k"]
@@ -459,3 +459,19 @@ def test_the_streaming_check_agrees_with_reading_it_all_at_once(
     assert report.clean == (not wide and len(set(paths)) == len(paths) and text.endswith(
         ("\n", "\r")
     ))
+
+
+def test_rows_without_a_path_are_not_duplicates(tmp_path: Path) -> None:
+    # A file made elsewhere, without the path column: the writer adds the
+    # column, and the rows from before have no path. They are no file's rows,
+    # let alone one file's: nothing to report or remove.
+    index = tmp_path / "index.csv"
+    index.write_bytes(b"subject,modality\ns1,CT\ns2,MR\ns3,PT\n")
+    IndexWriter(index).write_entry("out/a.nii", {"subject": "s4"})
+    with open(index, "a", newline="") as f:
+        f.write("s5,CT\n")  # a short row: no path field at all
+    rows = IndexWriter(index).read_rows()
+    report = check_index(index)
+    assert report.clean and report.duplicate_rows == 0, report.problems
+    assert dedupe(index) == 0
+    assert IndexWriter(index).read_rows() == rows

@@ -230,7 +230,8 @@ def dedupe(
     The header, a byte order mark, line endings, blank lines and every kept
     row stay byte-for-byte; the new file replaces the index atomically, as
     every rewrite by the writer does (same permission bits, fsynced).
-    Nothing is written when there are no duplicates.
+    Rows with an empty path are no file's: they are always kept. Nothing is
+    written when there are no duplicates.
 
     Parameters
     ----------

@@ -323,6 +323,8 @@ class Groups:
             return
         line, start, end, fields = record
         key = fields[self.path_col] if self.path_col < len(fields) else ""
+        if not key:
+            return  # no path (rows from before the column was added): not one file
         group = self.paths.get(key)
         if group is None:
             group = self.paths[key] = Group()
