@@ -311,6 +311,50 @@ def test_completed_append_with_uncleared_journal_is_kept(tmp_path: Path) -> None
     check_index(index, exact={entry_path("base", i) for i in range(5)} | {p, entry_path("next", 0)})
 
 
+def _drop_last_row_in_place(index: str, last: str) -> None:
+    """Rewrite the index in place without its last row (``last``'s), under its lock.
+
+    As pandas' ``to_csv`` over the same file would.
+    """
+    import fasteners
+
+    with fasteners.InterProcessLock(index + ".lock"), open(index, "r+b") as f:
+        data = f.read()
+        f.seek(0)
+        f.truncate()
+        f.write(data[: data.rindex(b"\n" + last.encode() + b",") + 1])
+
+
+@pytest.mark.parametrize("batch", [3, 2_000])
+def test_a_finished_append_is_not_undone_after_an_in_place_rewrite(
+    tmp_path: Path, batch: int
+) -> None:
+    """Another program drops the last row of our last batch, in place: the rest is data.
+
+    The file is then shorter than our last append and starts with its bytes,
+    as a torn append would; but the append finished, and the rows the other
+    program kept were acknowledged.
+    """
+    index = str(tmp_path / "index.csv")
+    paths = [entry_path("batch", i) for i in range(batch)]
+    setup = entry_path("setup", 0)
+    ctx = context_for(setup)
+    for p in paths:  # every column of the batch, so that it is an append
+        for key in context_for(p):
+            ctx.setdefault(key, "")
+    IndexWriter(index).write_entry(setup, ctx)
+    before = Path(index).read_bytes()
+    IndexWriter(index).write_entries([(p, context_for(p)) for p in paths])
+    assert Path(index).read_bytes().startswith(before)
+    child = FORK.Process(target=_drop_last_row_in_place, args=(index, paths[-1]))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    _recover_in_fresh_process(index, "next")
+    check_index(index, exact={setup, *paths[:-1], entry_path("next", 0)})
+    assert Path(index).read_bytes().startswith(before)
+
+
 def test_file_without_final_newline_and_no_journal_keeps_its_last_row(tmp_path: Path) -> None:
     """A file made elsewhere may end without a newline: that row is data, not a torn write."""
     index = str(tmp_path / "index.csv")

@@ -5,8 +5,8 @@ index is touched:
 
 - :func:`append` adds the plan's bytes with one write (undone on failure by
   :func:`._files.append`) and advances the process's
-  :class:`._state.IndexState` past them. A finished append needs no mark in
-  the journal: the file's size shows it finished.
+  :class:`._state.IndexState` past them. A finished append is marked
+  finished in the journal before the lock is released.
 - :func:`rewrite` streams the whole new file to a temporary file that
   replaces the index atomically (:func:`._files.replace`) and returns the
   state of the new file;
@@ -56,6 +56,7 @@ def append(
             if os.fstat(fd).st_size == start:  # undone: the record is void
                 journal.mark_done_quietly()
         raise
+    journal.mark_finished()
     mtime_ns = os.fstat(fd).st_mtime_ns
     return lambda: _note_append(state, plan, start, mtime_ns)
 

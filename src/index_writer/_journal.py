@@ -10,9 +10,12 @@ writer (or reader) can tell a change a crash cut short from data:
   bytes are provably the start of that append, they are not data: writers
   truncate them (:func:`recover`), readers stop before them
   (:func:`torn_append_start`). Anything else means another program has
-  written since, and nothing is cut. A finished append needs no mark: the
-  file's size shows it finished, so the record is simply overwritten by the
-  next one.
+  written since, and nothing is cut. A finished append is marked finished
+  (one byte, written while the lock is still held): the file's size alone
+  cannot show it, as another program may rewrite the file in place later
+  (pandas, med-imagetools) and leave it shorter, with our append's first
+  bytes where they were. The record stays readable, so the next writer
+  knows which append ended the file.
 - a **rewrite** is recorded with the name of its temporary file, which is
   removed if a crash left it; the index itself is only ever replaced by an
   atomic rename. A finished rewrite is marked done.
@@ -24,9 +27,9 @@ the lock file, so it survives the lock file being deleted -- med-imagetools
 deletes ``NAME.lock`` at the end of a run, and people ``rm *.lock``. Do not
 delete the journal while writers run.
 
-Format: :data:`MAGIC`, then ``A`` (a record follows) or ``D`` (done), then
-the record as one line of JSON and the append's head bytes. Each step is one
-``pwrite`` in place.
+Format: :data:`MAGIC`, then ``A`` (a record follows), ``F`` (the append
+recorded finished) or ``D`` (done), then the record as one line of JSON and
+the append's head bytes. Each step is one ``pwrite`` in place.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 MAGIC = b"index-writer journal 2\n"
 _ACTIVE = b"A"
+_FINISHED = b"F"
 _DONE = b"D"
 
 #: An append's record carries its first bytes, and a CRC-32 of each later chunk
@@ -96,13 +100,16 @@ class Record:
         wrote it: ``host``, ``pid``, ``time``.
     head : bytes
         The append's first bytes.
+    finished : bool
+        The append is known to have finished (nothing to undo).
     """
 
-    __slots__ = ("head", "info")
+    __slots__ = ("finished", "head", "info")
 
-    def __init__(self, info: dict[str, Any], head: bytes) -> None:
+    def __init__(self, info: dict[str, Any], head: bytes, finished: bool = False) -> None:
         self.info = info
         self.head = head
+        self.finished = finished
 
     @property
     def op(self) -> str:
@@ -110,7 +117,8 @@ class Record:
 
 
 def _parse(data: bytes, where: str) -> Record | None:
-    if not data.startswith(MAGIC) or data[len(MAGIC) : len(MAGIC) + 1] != _ACTIVE:
+    flag = data[len(MAGIC) : len(MAGIC) + 1]
+    if not data.startswith(MAGIC) or flag not in (_ACTIVE, _FINISHED):
         if data and not data.startswith(MAGIC):
             logger.warning("ignoring %s: not an index-writer journal", where)
         return None
@@ -122,7 +130,7 @@ def _parse(data: bytes, where: str) -> Record | None:
     except ValueError:
         logger.warning("ignoring an unreadable crash journal in %s", where)
         return None
-    return Record(info, rest[: info.get("head", 0)])
+    return Record(info, rest[: info.get("head", 0)], flag == _FINISHED and info["op"] == "append")
 
 
 def _whole(value: object) -> bool:
@@ -169,7 +177,7 @@ class Journal:
         self.path = path
 
     def read(self) -> Record | None:
-        """The operation recorded last, unless marked done."""
+        """The operation recorded last (an append also once finished), unless marked done."""
         return _parse(_read(self.fd), self.path)
 
     def write(self, record: bytes, durable: bool, payload: bytes = b"") -> None:
@@ -178,8 +186,20 @@ class Journal:
         if durable:
             os.fsync(self.fd)
 
+    def mark_finished(self) -> None:
+        """Mark the recorded append finished, keeping its record (one byte, logged on failure).
+
+        The append itself is over: a failure here is only logged, and the
+        record stays as it was (a later write finds the append whole if the
+        file still holds it).
+        """
+        try:
+            _files.write_all(self.fd, _FINISHED, len(MAGIC))
+        except OSError as e:  # pragma: no cover - needs a failing pwrite
+            logger.warning("could not update the crash journal %s: %s", self.path, e)
+
     def mark_done(self) -> None:
-        """Mark the recorded operation finished (or undone)."""
+        """Mark the recorded operation over: finished and nothing more to know, or undone."""
         _files.write_all(self.fd, MAGIC + _DONE, 0)
 
     def mark_done_quietly(self) -> None:
@@ -232,7 +252,7 @@ def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int
     grown past its offset but not by its whole length, and those bytes are
     provably the start of it. None otherwise.
     """
-    if record is None or record.op != "append":
+    if record is None or record.op != "append" or record.finished:
         return None
     info = record.info
     start, length = info.get("offset", -1), info.get("length", 0)
