@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import fasteners
@@ -214,3 +214,25 @@ def registry_sizes() -> dict[str, int]:
         "files": len(_handles._by_file),
         "lock files": len(_handles._lock_files),
     }
+
+
+@contextmanager
+def just_before_opening(path: str | os.PathLike[str], action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` whenever a writer is about to open the index at ``path``.
+
+    The writer is then inside its call, holding this process's mutex for the
+    index: ``action`` sees what another thread would see at that moment.
+    """
+    real = os.path.realpath(path)
+    opening = _lock._open_index
+
+    def hooked(name: str, create: bool) -> tuple[int, bool]:
+        if name == real:
+            action()
+        return opening(name, create)
+
+    _lock._open_index = hooked
+    try:
+        yield
+    finally:
+        _lock._open_index = opening

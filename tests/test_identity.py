@@ -206,6 +206,37 @@ def test_two_names_of_a_hard_linked_index_are_one_index(tmp_path: Path, linked: 
     assert [r["path"] for r in y.read_rows()][-2:] == ["y", "z"]
 
 
+def test_a_name_met_while_the_other_name_reopens_the_file_is_the_same_index(
+    tmp_path: Path,
+) -> None:
+    # A writer through a.csv reopens the file a writer through b.csv opened
+    # last (through its own name, so that a read-only mount stays read-only).
+    # Another thread writing through b.csv at that moment must wait for it:
+    # it once found the file in no slot, made a second one, and the two
+    # names' writers then ran at once (duplicated rows).
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    IndexWriter(a).write_entry("first", {"v": 0})
+    os.link(a, b)
+    IndexWriter(b).write_entry("x", {"v": 1})  # the file is held open through b.csv
+    outcome: list[BaseException | None] = []
+
+    def other_thread_writes_through_b() -> None:
+        def run(_: int) -> None:
+            try:
+                IndexWriter(b, timeout=0.3).write_entry("z", {"v": 3})
+                outcome.append(None)
+            except IndexLockTimeoutError as e:
+                outcome.append(e)
+
+        run_in_threads(run, 1)
+
+    with _internals.just_before_opening(a, other_thread_writes_through_b):
+        IndexWriter(a).write_entry("y", {"v": 2})
+    assert len(outcome) == 1 and isinstance(outcome[0], IndexLockTimeoutError), outcome
+    IndexWriter(b).write_entry("z", {"v": 3})
+    assert [r["path"] for r in IndexWriter(a).read_rows()] == ["first", "x", "y", "z"]
+
+
 def test_a_new_lock_file_named_two_ways_is_one_lock(tmp_path: Path) -> None:
     # Two indexes share a lock file that does not exist yet, named through a
     # symlinked directory by one and directly by the other. While a thread

@@ -317,8 +317,8 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             s.fd, s.st, s.journal = fd, st, slot.journal
             return True
         _platform.unlock(fd)
-    if slot.opened_via != s.path:  # another name (bind mount, hard link): open through ours
-        _handles.close_index(slot)
+    if slot.opened_via != s.path and not _reopen_via(slot, s, create):
+        return False
     while True:
         if slot.index_fd < 0:
             fd, s.created = _open_index(s.path, create)
@@ -405,6 +405,39 @@ def hold_new_file(s: Session) -> None:
     if old >= 0:
         with contextlib.suppress(OSError):
             os.close(old)  # also releases our lock on the old file, now superseded
+
+
+def _reopen_via(slot: IndexSlot, s: Session, create: bool) -> bool:
+    """Open the slot's index through ``s.path``, another name of it; False if missing.
+
+    Through the writer's own name (a bind mount, a hard link), so that a
+    read-only mount stays read-only. While the name still leads to the file
+    the slot holds, the new descriptor takes the old one's place, and the
+    slot stays filed under the file and keeps its state: no other thread
+    looking a name of the file up meanwhile may find it without a file and
+    make a second slot for it.
+    """
+    fd, s.created = _open_index(s.path, create)
+    if fd < 0:
+        _handles.close_index(slot)
+        return False
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if slot.index_fd >= 0 and slot.identity == (st.st_dev, st.st_ino):
+        old, slot.index_fd = slot.index_fd, fd
+        journal, slot.journal = slot.journal, None  # each name keeps its own journal
+        for stale in (old, journal.fd if journal is not None else -1):
+            if stale >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(stale)
+    else:
+        _handles.close_index(slot)
+        slot.index_fd = fd
+    slot.opened_via = s.path
+    return True
 
 
 def _open_index(path: str, create: bool) -> tuple[int, bool]:
