@@ -103,3 +103,45 @@ def test_a_forked_child_keeps_its_descriptors_when_inherited_objects_are_collect
     assert in_child(_reuse_then_drop, number, str(sentinel), keep) == str(sentinel)
     w.write_entry("b", {"k": 2})  # and the parent's own handle still works
     assert [r["path"] for r in w.read_rows()] == ["a", "b"]
+
+
+def _hold_with_fasteners(lock_path: str, conn: object) -> None:
+    """Hold ``lock_path`` as med-imagetools' own writer does, until told."""
+    import fasteners
+
+    with fasteners.InterProcessLock(lock_path):
+        conn.send("held")  # type: ignore[attr-defined]
+        conn.recv()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("index_was", ["written", "closed"])
+def test_a_directory_renamed_away_leaves_its_lock_file_behind(
+    tmp_path: Path, index_was: str
+) -> None:
+    # run1/ was written to, then renamed run2/: same directory, same inode
+    # number (as when a deleted directory's number goes to a new one).
+    # Writing run2/index.csv must lock run2/index.csv.lock, which another
+    # program may hold, not the lock file the process knew under run1/ (it
+    # once did, and made run1/ again to do it).
+    run1, run2 = tmp_path / "run1", tmp_path / "run2"
+    w = IndexWriter(run1 / "index.csv")
+    w.write_entry("a.nii", {"v": 1})
+    if index_was == "closed":
+        w.close()
+    run1.rename(run2)
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    holder = ctx.Process(target=_hold_with_fasteners, args=(str(run2 / "index.csv.lock"), child))
+    holder.start()
+    try:
+        assert parent.recv() == "held"
+        with pytest.raises(IndexLockTimeoutError) as info:
+            IndexWriter(run2 / "index.csv", timeout=0.3).write_entry("b.nii", {"v": 2})
+        assert Path(info.value.lock_path) == run2 / "index.csv.lock"
+    finally:
+        parent.send("release")
+        holder.join(30)
+    assert not run1.exists()
+    IndexWriter(run2 / "index.csv").write_entry("b.nii", {"v": 2})
+    assert [r["path"] for r in IndexWriter(run2 / "index.csv").read_rows()] == ["a.nii", "b.nii"]
+    assert not run1.exists()

@@ -314,6 +314,8 @@ def slot_for(index: str, *, create_directory: bool) -> tuple[IndexSlot, str] | N
         file = None  # not there yet: its first writer files it by identity (note_file)
     with _guard:  # atomic, as another thread may resolve another name of the file
         slot = _slots.get(key)
+        if slot is not None and slot.path != real and not _still_named(slot.path, key):
+            slot = None  # its directory is gone, and another has its number
         new = slot is None
         if file is not None:
             identity = (file.st_dev, file.st_ino)
@@ -417,8 +419,19 @@ def lock_file_for(path: str) -> LockFile:
         st = os.stat(directory)
         keys.append((st.st_dev, st.st_ino, name))
     with _guard:
-        found = (_lock_files.get(key) for key in keys)
-        lock = next((f for f in found if f is not None and not f.evicted), None)
+        lock = None
+        for key in keys:
+            found = _lock_files.get(key)
+            if found is None or found.evicted:
+                continue
+            if found.path != path and not _still_named(found.path, key):
+                # The file or directory it was found by is gone, and another
+                # has its number: that handle would lock a file elsewhere.
+                del _lock_files[key]
+                found.keys.discard(key)
+                continue
+            lock = found
+            break
         if lock is None:
             lock = LockFile(path)
         for key in keys:
@@ -429,6 +442,22 @@ def lock_file_for(path: str) -> LockFile:
         lock = _lock_paths[path]
     _evict(_lock_paths)
     return lock
+
+
+def _still_named(path: str, key: _LockKey) -> bool:
+    """Whether ``path`` still leads to what ``key`` was made from.
+
+    A key holds a file's (device, inode), or its directory's and its name.
+    Once that file or directory is deleted, a new one may get its number;
+    renamed, the old path leads nowhere. Either way a handle found by the
+    key under another path must not be used for this one.
+    """
+    target = path if len(key) == 2 else os.path.dirname(path)
+    try:
+        st = os.stat(target)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == key[:2]
 
 
 def open_limit() -> int:
