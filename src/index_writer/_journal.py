@@ -194,7 +194,7 @@ class Journal:
         file still holds it).
         """
         try:
-            _files.write_all(self.fd, _FINISHED, len(MAGIC))
+            _platform.pwrite(self.fd, _FINISHED, len(MAGIC))  # one byte: all or nothing
         except OSError as e:  # pragma: no cover - needs a failing pwrite
             logger.warning("could not update the crash journal %s: %s", self.path, e)
 
