@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import fasteners
 
-from index_writer import IndexWriter, _handles, _journal, _lock, _writer
+from index_writer import IndexWriter, _files, _handles, _journal, _lock, _writer
 
 #: The first bytes of a crash journal.
 JOURNAL_MAGIC = _journal.MAGIC
@@ -224,15 +224,15 @@ def just_before_opening(path: str | os.PathLike[str], action: Callable[[], None]
     index: ``action`` sees what another thread would see at that moment.
     """
     real = os.path.realpath(path)
-    opening = _lock._open_index
+    opening = _files.open_index
 
     def hooked(name: str, create: bool) -> tuple[int, bool]:
         if name == real:
             action()
         return opening(name, create)
 
-    _lock._open_index = hooked
+    _files.open_index = hooked
     try:
         yield
     finally:
-        _lock._open_index = opening
+        _files.open_index = opening

@@ -30,9 +30,11 @@ __all__ = [
     "BoundedReader",
     "append",
     "new_temp_name",
+    "open_index",
     "open_regular",
     "pread_all",
     "replace",
+    "stat_or_none",
     "write_all",
 ]
 
@@ -264,3 +266,30 @@ def pread_all(fd: int, size: int, offset: int) -> bytes:
         size -= len(chunk)
         offset += len(chunk)
     return b"".join(parts)
+
+
+def open_index(path: str, create: bool) -> tuple[int, bool]:
+    """Open the index for appending: ``(fd, created)``, or ``(-1, False)`` if missing."""
+    flags = os.O_RDWR | os.O_APPEND | _platform.O_BINARY
+    while True:
+        try:
+            return os.open(path, flags), False
+        except FileNotFoundError:
+            if not create:
+                return -1, False
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # the directory was removed meanwhile
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def stat_or_none(path: str) -> os.stat_result | None:
+    """``os.stat(path)``, or None if nothing is there (any more)."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ESTALE, errno.ENOTDIR):
+            raise
+        return None

@@ -312,7 +312,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         # The usual case costs one status call, on the path: it tells whether
         # the file there is the one held open (the state describes that one),
         # and, being that file's status, what changed in it.
-        st = _stat_or_none(s.path)
+        st = _files.stat_or_none(s.path)
         if st is not None and (st.st_dev, st.st_ino) == (state.dev, state.ino):
             s.fd, s.st, s.journal = fd, st, slot.journal
             return True
@@ -321,7 +321,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         return False
     while True:
         if slot.index_fd < 0:
-            fd, s.created = _open_index(s.path, create)
+            fd, s.created = _files.open_index(s.path, create)
             if fd < 0:
                 slot.state = None
                 return False
@@ -336,7 +336,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
             if e.errno not in (errno.ENOENT, errno.ESTALE):
                 raise
         else:
-            at_path = _stat_or_none(s.path)
+            at_path = _files.stat_or_none(s.path)
             if at_path is not None and _platform.same_file(st, at_path):
                 break
         _platform.unlock(fd)
@@ -363,16 +363,6 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
     return True
 
 
-def _stat_or_none(path: str) -> os.stat_result | None:
-    """``os.stat(path)``, or None if nothing is there (any more)."""
-    try:
-        return os.stat(path)
-    except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.ESTALE, errno.ENOTDIR):
-            raise
-        return None
-
-
 def hold_new_file(s: Session) -> None:
     """Hold open the file this session's rewrite just renamed over the index.
 
@@ -387,7 +377,7 @@ def hold_new_file(s: Session) -> None:
     slot, state = s.slot, s.slot.state
     fd = -1
     try:
-        fd, _ = _open_index(s.path, create=False)
+        fd, _ = _files.open_index(s.path, create=False)
         st = os.fstat(fd) if fd >= 0 else None
     except OSError:
         st = None
@@ -417,7 +407,7 @@ def _reopen_via(slot: IndexSlot, s: Session, create: bool) -> bool:
     looking a name of the file up meanwhile may find it without a file and
     make a second slot for it.
     """
-    fd, s.created = _open_index(s.path, create)
+    fd, s.created = _files.open_index(s.path, create)
     if fd < 0:
         _handles.close_index(slot)
         return False
@@ -438,23 +428,6 @@ def _reopen_via(slot: IndexSlot, s: Session, create: bool) -> bool:
         slot.index_fd = fd
     slot.opened_via = s.path
     return True
-
-
-def _open_index(path: str, create: bool) -> tuple[int, bool]:
-    """Open the index for appending: ``(fd, created)``, or ``(-1, False)`` if missing."""
-    flags = os.O_RDWR | os.O_APPEND | _platform.O_BINARY
-    while True:
-        try:
-            return os.open(path, flags), False
-        except FileNotFoundError:
-            if not create:
-                return -1, False
-        try:
-            return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666), True
-        except FileExistsError:
-            continue
-        except FileNotFoundError:  # the directory was removed meanwhile
-            os.makedirs(os.path.dirname(path), exist_ok=True)
 
 
 def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
