@@ -13,6 +13,7 @@ Tests find the journal through ``_internals``.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import multiprocessing
@@ -254,6 +255,17 @@ def _torn_append(index: str, before: bytes, fraction: float) -> bytes:
     return row
 
 
+def _page_end_within(start: int, length: int) -> int:
+    """How many bytes of an append of ``length`` at ``start`` end at the last page end in it.
+
+    A write cut short by a kill stops where the file's offset is a multiple
+    of the page size (4096): the kernel copies a write page by page.
+    """
+    cut = (start + length - 1) // 4096 * 4096 - start
+    assert 4096 < cut < length
+    return cut
+
+
 def _recover_in_fresh_process(index: str, tag: str) -> None:
     """A brand-new process (no cached knowledge) writes one entry."""
     child = FORK.Process(target=write_range, args=(index, tag, 1))
@@ -445,7 +457,7 @@ def test_a_rewrite_record_never_removes_a_file_that_is_no_temp_file_of_the_index
     [
         {"op": "append", "dev": 1, "ino": 1, "offset": 0, "length": 9, "head": "x"},
         {"op": "append", "dev": "1", "ino": 1, "offset": "0", "length": "9"},
-        {"op": "append", "dev": 1, "ino": 1, "offset": 0, "length": 9, "crc": "abc"},
+        {"op": "append", "dev": 1, "ino": 1, "offset": 0, "length": 9, "crc_pages": "abc"},
         {"op": "rewrite", "temp": None},
         {"op": "rewrite", "temp": ["a"]},
         {"op": "unknown"},
@@ -514,11 +526,56 @@ def test_torn_append_after_a_longer_earlier_record(tmp_path: Path) -> None:
     data = rows.encode()
     assert len(data) > 8192
     fake_append_journal(index, len(before), data)  # ...then a shorter one, torn
-    with open(index, "ab") as f:
-        f.write(data[: len(data) * 3 // 4])
+    with open(index, "ab") as f:  # where a kill stops a write: at a page's end
+        f.write(data[: _page_end_within(len(before), len(data))])
     _recover_in_fresh_process(index, "next")
     assert b"torn" not in Path(index).read_bytes()
     check_index(index, exact={entry_path("base", i) for i in range(5)} | {entry_path("next", 0)})
+
+
+@pytest.mark.parametrize("foreign", ["rewrites it in place with a row added", "appends a row"])
+def test_a_row_another_program_adds_after_a_torn_append_is_kept(
+    tmp_path: Path, foreign: str
+) -> None:
+    """A writer was killed in a big append; then another program wrote before ours.
+
+    The bytes after the tear are that program's, in the part of the file no
+    chunk check covers: nothing may be cut (the killed writer's rows stay,
+    and ``check`` would show them), least of all the other program's row.
+    """
+    index, before = _index_with_rows(tmp_path)
+    rows = "".join(f"{entry_path('torn', i)},{'y' * 40},a,b,c\n" for i in range(400))
+    data = rows.encode()
+    fake_append_journal(index, len(before), data)
+    with open(index, "ab") as f:  # killed at a page's end, as the kernel stops a write
+        f.write(data[: _page_end_within(len(before), len(data))])
+    lock = index + ".lock"
+    child = FORK.Process(target=_foreign_adds_a_row, args=(index, lock, foreign))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    written = Path(index).read_bytes()
+    assert b"foreign.nii" in written
+    _recover_in_fresh_process(index, "next")
+    after = Path(index).read_bytes()
+    assert after.startswith(written)  # nothing cut
+    assert after.endswith(b"\n") and entry_path("next", 0).encode() in after
+
+
+def _foreign_adds_a_row(index: str, lock: str, how: str) -> None:
+    """What med-imagetools' writer (locked, in place) or a shell's ``>>`` does."""
+    import fasteners
+
+    if how == "appends a row":
+        with open(index, "ab") as f:
+            f.write(b"\nforeign.nii,x\n")
+        return
+    with fasteners.InterProcessLock(lock):
+        with open(index, newline="") as f:
+            records = list(csv.reader(f))
+        records.append(["foreign.nii", "x"])
+        with open(index, "w", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(records)
 
 
 @pytest.mark.parametrize("what", ["a symbolic link", "another file"])

@@ -5,12 +5,17 @@ writer (or reader) can tell a change a crash cut short from data:
 
 - an **append** is recorded with the index's identity (device and inode), the
   offset where it starts, its length, its first :data:`HEAD` bytes and a
-  CRC-32 of each later :data:`HEAD`-byte chunk. If the file is later found
+  CRC-32 of each later chunk, the chunks ending where the file's offsets
+  are multiples of :data:`HEAD` (``crc_pages``). If the file is later found
   longer than that offset but shorter than the whole append, and the extra
   bytes are provably the start of that append, they are not data: writers
   truncate them (:func:`recover`), readers stop before them
-  (:func:`torn_append_start`). Anything else means another program has
-  written since, and nothing is cut. A finished append is marked finished
+  (:func:`torn_append_start`). Provably: the head matches byte for byte and
+  every chunk up to the file's end by its CRC, so the end must fall within
+  the head or at a chunk's end -- where a write cut short by a kill stops
+  (the kernel copies a write page by page). Anything else means another
+  program has written since (or the end cannot be proven ours), and nothing
+  is cut. A finished append is marked finished
   (one byte, written while the lock is still held): the file's size alone
   cannot show it, as another program may rewrite the file in place later
   (pandas, med-imagetools) and leave it shorter, with our append's first
@@ -96,7 +101,7 @@ class Record:
     info : dict
         The record's fields: ``op`` ("append" or "rewrite"), and for an
         append ``dev``, ``ino``, ``offset``, ``length``, ``head`` (how many
-        head bytes follow) and ``crc``; for a rewrite ``temp``; and who
+        head bytes follow) and ``crc_pages``; for a rewrite ``temp``; and who
         wrote it: ``host``, ``pid``, ``time``.
     head : bytes
         The append's first bytes.
@@ -142,7 +147,7 @@ def _well_formed(info: object) -> bool:
     if not isinstance(info, dict):
         return False
     if info.get("op") == "append":
-        crcs = info.get("crc", [])
+        crcs = info.get("crc_pages", [])
         return (
             all(_whole(info.get(k)) for k in ("dev", "ino", "offset", "length"))
             and _whole(info.get("head", 0))
@@ -226,8 +231,11 @@ def append_record(dev: int, ino: int, start: int, data: bytes) -> tuple[bytes, b
     """The record and payload for appending ``data`` at ``start`` to the file (dev, ino)."""
     crcs = ""
     if len(data) > HEAD:
-        full = range(HEAD, len(data) - HEAD + 1, HEAD)
-        crcs = ',"crc":[' + ",".join(str(zlib.crc32(data[i : i + HEAD])) for i in full) + "]"
+        view = memoryview(data)
+        cuts = [*_page_ends(start + HEAD, start + len(data)), start + len(data)]
+        bounds = zip([start + HEAD, *cuts], cuts, strict=False)  # one start more than ends
+        chunks = (view[a - start : b - start] for a, b in bounds)
+        crcs = ',"crc_pages":[' + ",".join(str(zlib.crc32(c)) for c in chunks) + "]"
     head = data[:HEAD]
     record = (
         f'{{"op":"append","dev":{dev},"ino":{ino},"offset":{start},"length":{len(data)},'
@@ -260,7 +268,7 @@ def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int
         return None
     if not (isinstance(start, int) and start < st.st_size < start + length):
         return None
-    if not _is_ours(fd, start, st.st_size, record.head, info.get("crc", [])):
+    if not _is_ours(fd, start, st.st_size, record.head, info.get("crc_pages", [])):
         logger.warning(
             "not undoing the write cut short by a crash at byte %d: "
             "another program has changed the file since",
@@ -271,24 +279,32 @@ def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int
 
 
 def _is_ours(fd: int, start: int, size: int, head: bytes, crcs: list[int]) -> bool:
-    """Whether the bytes from ``start`` to ``size`` are the start of our append.
+    """Whether the bytes from ``start`` to ``size`` are provably the start of our append.
 
-    They are checked against the record: the first :data:`HEAD` bytes exactly,
-    each later whole chunk by its CRC-32. Anything else means another program
-    (med-imagetools rewrites the index in place, ignoring the journal) has
-    written since, and nothing may be cut.
+    They are checked against the record: the first :data:`HEAD` bytes
+    exactly, each later chunk (ending at a multiple of :data:`HEAD`) by its
+    CRC-32, and the end must be within the head or at a chunk's end: bytes
+    after the last whole chunk cannot be checked, and may be another
+    program's (a row appended after the crash). Anything else means another
+    program (med-imagetools rewrites the index in place, ignoring the
+    journal) has written since, and nothing may be cut.
     """
     k = min(size - start, len(head))
     if not head or _files.pread_all(fd, k, start) != head[:k]:
         return False
-    pos = start + HEAD
-    for crc in crcs:
-        if pos + HEAD > size:
+    pos = start + len(head)
+    for crc, end in zip(crcs, _page_ends(pos, size + 1), strict=False):
+        if pos >= size:
             break
-        if zlib.crc32(_files.pread_all(fd, HEAD, pos)) != crc:
+        if zlib.crc32(_files.pread_all(fd, end - pos, pos)) != crc:
             return False
-        pos += HEAD
-    return True
+        pos = end
+    return pos >= size
+
+
+def _page_ends(begin: int, stop: int) -> range:
+    """The multiples of :data:`HEAD` after ``begin`` and before ``stop``."""
+    return range((begin // HEAD + 1) * HEAD, stop, HEAD)
 
 
 def recover(
