@@ -580,6 +580,34 @@ def test_foreign_in_place_rewrite_is_noticed(index: Path) -> None:
     assert index.read_bytes().endswith(b"foreign,x\r\nafter,y\r\n")
 
 
+def _sort_rows_in_place(index: str) -> None:
+    """Sort the data rows, in place and under the lock: the file keeps its size."""
+    import fasteners
+
+    with fasteners.InterProcessLock(index + ".lock"), open(index, "r+b") as f:
+        head, *rows = f.read().splitlines(keepends=True)
+        f.seek(0)
+        f.write(head + b"".join(sorted(rows)))
+
+
+def test_a_same_size_rewrite_after_another_writers_append_is_noticed(index: Path) -> None:
+    # Another process's append ends the file, as its journal says; then a
+    # program sorts the rows in place. This writer's map of where each path
+    # is must not be trusted because the journal explains the growth.
+    w = IndexWriter(index)
+    w.write_entry("b/1", {"v": "old"})
+    w.write_entry("a/1", {"v": "old"}, replace_existing=True)  # sorting swaps the first two
+    w.write_entries(((f"c/{i:03d}", {"v": "old"}) for i in range(100)), replace_existing=True)
+    _system.in_child(_append_one, str(index), "d/1")
+    size = index.stat().st_size
+    _system.in_child(_sort_rows_in_place, str(index))
+    assert index.stat().st_size == size
+    w.write_entry("a/1", {"v": "NEW"}, replace_existing=True)
+    rows = w.read_rows()
+    assert [r for r in rows if r["path"] == "a/1"] == [{"path": "a/1", "v": "NEW"}]
+    assert len(rows) == 103
+
+
 def test_foreign_shrink_and_replace_are_noticed(index: Path) -> None:
     w = IndexWriter(index)
     w.write_entries((f"p{i}", {"v": i}) for i in range(10))

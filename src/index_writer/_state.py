@@ -181,7 +181,7 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
     ):
         return state
     slot.state = None  # kept again only once up to date
-    record = recover(s)
+    recover(s)
     if s.st.st_size < (state.size if state is not None else 0):
         state = None
     for _ in range(2):
@@ -189,7 +189,7 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
             if (
                 state is not None
                 and paths_column in (None, state.paths_column)
-                and _read_appended(s.fd, state, s.st, record)
+                and _read_appended(s.fd, state, s.st)
             ):
                 break
             state = _load(s.fd, s.st, paths_column)
@@ -206,11 +206,10 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
     return state
 
 
-def recover(s: Session) -> _journal.Record | None:
+def recover(s: Session) -> None:
     """Undo what a writer killed with the lock held left unfinished (writers).
 
-    Returns the journal's record (for :func:`refresh`); updates ``s.st`` if
-    the file changed.
+    Updates ``s.st`` if the file changed.
     """
     assert s.journal is not None and s.st is not None
     record = s.journal.read()
@@ -223,18 +222,16 @@ def recover(s: Session) -> _journal.Record | None:
     if changed:
         s.st = os.fstat(s.fd)
         s.slot.state = None
-    return record
 
 
-def _read_appended(
-    fd: int, state: IndexState, st: os.stat_result, record: _journal.Record | None
-) -> bool:
+def _read_appended(fd: int, state: IndexState, st: os.stat_result) -> bool:
     """Take in the rows appended since ``state``; False if the file changed otherwise.
 
     The appended bytes are read together with the last known ones, which
-    must be unchanged; so must the first ones, unless the journal shows that
-    the growth ends with an append by one of our writers (who checked the
-    file before appending).
+    must be unchanged; so must the first ones. (Even when the journal shows
+    that the growth ends with an append by one of our writers, who checked
+    the file before appending: another program may have rewritten the file
+    in place since, to the same size.)
     """
     if not (
         (state.dev, state.ino) == (st.st_dev, st.st_ino)
@@ -247,7 +244,7 @@ def _read_appended(
     data = _files.pread_all(fd, st.st_size - state.size + known, state.size - known)
     if data[:known] != state.tail:
         return False
-    if not _explained_by(record, st) and _platform.pread(fd, len(state.head), 0) != state.head:
+    if _platform.pread(fd, len(state.head), 0) != state.head:
         return False
     data = data[known:]
     column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
