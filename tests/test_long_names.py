@@ -27,7 +27,7 @@ from _workers import (
     prepare_for_big_batch,
     write_range,
 )
-from index_writer import IndexWriter
+from index_writer import IndexWriter, dedupe
 from index_writer import check_index as check_report
 
 FORK = multiprocessing.get_context("fork")
@@ -152,3 +152,22 @@ def test_reading_an_index_whose_lock_file_name_would_be_too_long(tmp_path: Path)
     index = tmp_path / _long_name(tmp_path, limit, "n")
     IndexWriter(index, lock_path=tmp_path / "index.lock").write_entry("a", {"k": 1})
     assert IndexWriter(index).read_rows() == [{"path": "a", "k": "1"}]
+
+
+@pytest.mark.parametrize("length", [8, 250])
+def test_a_file_name_that_is_not_utf8_works_as_the_os_stores_it(
+    tmp_path: Path, length: int
+) -> None:
+    # A Latin-1 file name (b"caf\xe9..."), as os.fsdecode gives it to Python:
+    # the original writes it; so must every call, and the tool, which names
+    # the journal and lock file after it (shortened when too long).
+    raw = b"caf\xe9" + b"x" * (length - 8) + b".csv"
+    index = tmp_path / os.fsdecode(raw)
+    w = IndexWriter(index)
+    w.write_entry("a.nii", {"s": 1})
+    w.write_entry("b.nii", {"s": 2}, replace_existing=True)
+    assert w.read_rows() == [{"path": "a.nii", "s": "1"}, {"path": "b.nii", "s": "2"}]
+    assert check_report(index).clean and dedupe(index) == 0
+    names = os.listdir(os.fsencode(tmp_path))
+    assert raw in names and len(names) == 3  # the index, its lock file and its journal
+    assert all(len(n) <= 255 for n in names)

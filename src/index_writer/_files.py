@@ -120,11 +120,12 @@ def sidecar_name(name: str, suffix: str, *, hidden: bool, directory: str) -> str
     dot = "." if hidden else ""
     full = f"{dot}{name}.{suffix}"
     limit = _platform.name_max(directory or ".")
-    if len(full.encode()) <= limit:
+    if len(os.fsencode(full)) <= limit:  # as the OS stores it (a name not UTF-8 too)
         return full
-    digest = hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:12]
+    raw = os.fsencode(name)
+    digest = hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:12]
     room = limit - len(f"{dot}~{digest}.{suffix}".encode())
-    keep = name.encode()[: max(0, room)].decode(errors="ignore")
+    keep = os.fsdecode(raw[: max(0, room)].decode(errors="ignore").encode())
     return f"{dot}{keep}~{digest}.{suffix}"
 
 
