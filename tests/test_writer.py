@@ -121,6 +121,28 @@ def test_bad_timeout(index: Path, kwargs: dict[str, object], exc: type[Exception
         IndexWriter(index, **kwargs)  # type: ignore[arg-type]
 
 
+class _ItemsOnly:
+    """Not a mapping, but has ``items()``: the original takes it."""
+
+    def items(self) -> list[tuple[str, object]]:
+        return [("k", 1), ("m", None)]
+
+
+class _NotCallableItems:
+    items = (("k", 1),)
+
+
+def test_a_context_with_items_is_taken_as_the_original_takes_it(index: Path) -> None:
+    import pandas as pd
+
+    w = IndexWriter(index)
+    frame = pd.DataFrame({"path": ["a.nii", "b.nii"], "subject": ["s1", "s2"], "n": [1, 2]})
+    for _, row in frame.iterrows():  # a pandas Series per row
+        w.write_entry(row["path"], row)
+    w.write_entry("c.nii", _ItemsOnly())  # type: ignore[arg-type]
+    assert index.read_text() == "path,subject,n,k,m\na.nii,s1,1,,\nb.nii,s2,2,,\nc.nii,,,1,\n"
+
+
 def test_bad_path_types(index: Path) -> None:
     with pytest.raises(TypeError):
         IndexWriter(123)  # type: ignore[arg-type]
@@ -129,6 +151,8 @@ def test_bad_path_types(index: Path) -> None:
         w.write_entry(42, {})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="context must be a mapping"):
         w.write_entry("a", [("k", "v")])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="context must be a mapping"):
+        w.write_entry("a", _NotCallableItems())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be str"):
         w.write_entry("a", {1: "v"})  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="filepath_column"):
@@ -758,7 +782,17 @@ def test_quoted_rows_appended_by_another_process_survive_a_rewrite(index: Path) 
     assert w.read_rows()[2]["v"] == 'x,"y"\r\nz'
 
 
-@pytest.mark.parametrize("kwargs", [{"index_path": ""}, {"index_path": "i.csv", "lock_path": ""}])
-def test_empty_index_or_lock_path_is_refused(kwargs: dict[str, str]) -> None:
+def test_an_empty_index_path_is_refused() -> None:
     with pytest.raises(ValueError, match="must not be empty"):
-        IndexWriter(**kwargs)
+        IndexWriter("")
+    with pytest.raises(ValueError, match="must not be empty"):
+        IndexWriter("", "")
+
+
+def test_an_empty_lock_path_means_the_default_as_in_the_original(tmp_path: Path) -> None:
+    # The original takes ``lock_path or <index>.lock``: a lock path read from
+    # an unset environment variable ("") keeps working after the switch.
+    w = IndexWriter(tmp_path / "i.csv", "")
+    assert w.lock_path == tmp_path / "i.csv.lock"
+    w.write_entry("a", {"v": 1})
+    assert (tmp_path / "i.csv.lock").exists()

@@ -37,15 +37,26 @@ def as_path_str(path: object, what: str) -> str:
     raise TypeError(f"{what} must be a str or os.PathLike, not {type(path).__name__}")
 
 
-def _make_row(path: object, context: object, filepath_column: str) -> Row:
+def _as_mapping(context: object) -> dict[Any, Any]:
+    """A context that is no mapping but has ``items()``, as the original takes it.
+
+    A pandas Series (a row of ``DataFrame.iterrows()``), say.
+    """
+    items = getattr(context, "items", None)
+    if not callable(items):
+        raise TypeError(
+            "context must be a mapping of column name to value (or have items()), "
+            f"not {type(context).__name__}"
+        )
+    return dict(items())
+
+
+def _make_row(path: object, context: Any, filepath_column: str) -> Row:
     p = path if type(path) is str else as_path_str(path, "path")
     if not p:
         raise ValueError("path must not be empty: there is no file to record")
-    if type(context) is not dict and not isinstance(context, Mapping):
-        raise TypeError(
-            "context must be a mapping of column name to value, "
-            f"not {type(context).__name__}"
-        )
+    if not (type(context) is dict or isinstance(context, Mapping)):
+        context = _as_mapping(context)
     row = {filepath_column: p}
     if filepath_column not in context:  # the usual case: one check for all the keys
         for key, value in context.items():

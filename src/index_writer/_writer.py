@@ -62,9 +62,10 @@ class IndexWriter:
         A relative path is resolved against the working directory when the
         writer is created.
     lock_path : str | os.PathLike | None, optional
-        The lock file that serializes writers. Defaults to the index path with
-        ``.lock`` appended (``index.csv.lock``), as in the original, so both
-        implementations exclude each other. Must differ from ``index_path``.
+        The lock file that serializes writers. Defaults (None or ``""``) to
+        the index path with ``.lock`` appended (``index.csv.lock``), as in the
+        original, so both implementations exclude each other. Must differ
+        from ``index_path``.
         Deleting it while writers run is safe (see the concurrency guide).
     timeout : float | None, optional
         Seconds to wait for the lock before raising
@@ -130,6 +131,8 @@ class IndexWriter:
         timeout: float | None = None,
         durable: bool = False,
     ) -> None:
+        if isinstance(lock_path, str) and not lock_path:
+            lock_path = None  # as the original takes it: ``lock_path or <default>``
         for what, value in (("index_path", index_path), ("lock_path", lock_path)):
             if value is not None and not as_path_str(value, what):
                 raise ValueError(f"{what} must not be empty")
@@ -223,7 +226,9 @@ class IndexWriter:
         context : Mapping[str, Any]
             Extra metadata (e.g. subject ID, date, label) to log alongside the
             path. Keys are column names (str); values are written as
-            ``str(value)``, and ``None`` as an empty field.
+            ``str(value)``, and ``None`` as an empty field. Anything else
+            with an ``items()`` method is taken too, as the original takes
+            it: a pandas ``Series`` (a row from ``DataFrame.iterrows()``).
         filepath_column : str, default="path"
             Name of the column to store the file path.
         replace_existing : bool, default=False
