@@ -82,6 +82,15 @@ def test_json_object_values(index: Path) -> None:
     ]
 
 
+def test_json_given_twice_adds_both_and_a_key_twice_is_refused(index: Path) -> None:
+    code, rows = add_rows(index, "p", "s=1", "--json", '{"dose": 1.5}', "--json", '{"site": "A"}')
+    assert code == 0
+    assert rows == [{"path": "p", "s": "1", "dose": "1.5", "site": "A"}]
+    r = run("add", str(index), "q", "--json", '{"dose": 1}', "--json", '{"dose": 2}')
+    assert r.returncode == 2 and "key 'dose' given more than once" in r.stderr
+    assert [row["path"] for row in IndexWriter(index).read_rows()] == ["p"]
+
+
 def test_json_numbers_are_kept_as_written(index: Path) -> None:
     # Parsed as floats, they lost digits (1.2345678901234567e+19), trailing
     # zeros (1.5) and their notation (100.0).

@@ -32,7 +32,13 @@ def register(subparsers: Any) -> None:
     add.add_argument(
         "pairs", metavar="KEY=VALUE", nargs="*", default=[], help="column values (optional)"
     )
-    add.add_argument("--json", metavar="OBJECT", help="column values as a JSON object")
+    add.add_argument(
+        "--json",
+        metavar="OBJECT",
+        action="append",
+        default=[],
+        help="column values as a JSON object (may be given more than once)",
+    )
     add.add_argument(
         "--replace",
         action="store_true",

@@ -223,10 +223,10 @@ def parse_json_object(text: str) -> dict[str, str]:
 def build_context(
     path: str,
     pairs: Sequence[str],
-    json_text: str | None,
+    json_texts: Sequence[str] = (),
     filepath_column: str = "path",
 ) -> dict[str, str]:
-    """The ``context`` for ``add``: ``KEY=VALUE`` words, then ``--json``.
+    """The ``context`` for ``add``: ``KEY=VALUE`` words, then each ``--json``.
 
     Parameters
     ----------
@@ -234,8 +234,8 @@ def build_context(
         The entry's path (a key equal to ``filepath_column`` must repeat it).
     pairs : Sequence[str]
         ``KEY=VALUE`` words.
-    json_text : str or None
-        The ``--json`` object.
+    json_texts : Sequence[str]
+        The ``--json`` objects, in the order given.
     filepath_column : str, optional
         The path column.
 
@@ -252,12 +252,12 @@ def build_context(
 
     Examples
     --------
-    >>> build_context("a.nii", ["subject=s1"], '{"note": "x,y"}')
-    {'subject': 's1', 'note': 'x,y'}
+    >>> build_context("a.nii", ["subject=s1"], ['{"note": "x,y"}', '{"n": 2}'])
+    {'subject': 's1', 'note': 'x,y', 'n': '2'}
     """
     items = [parse_key_value(item) for item in pairs]
-    if json_text is not None:
-        items += parse_json_object(json_text).items()
+    for text in json_texts:
+        items += parse_json_object(text).items()
     context: dict[str, str] = {}
     for key, value in items:
         if key in context:
