@@ -927,3 +927,10 @@ def test_show_columns_named_with_a_comma_and_given_twice(index: Path) -> None:
     r = run("show", index, "--columns", "path,v,path")
     assert r.returncode == 2
     assert "column 'path' given twice" in r.stderr
+
+
+def test_show_columns_named_with_spaces_of_their_own(index: Path) -> None:
+    index.write_text("path, subject\na.nii, s1\n")  # written with ", " between names
+    r = run("show", index, "--columns", ' path , " subject"', "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [{"path": "a.nii", " subject": " s1"}]

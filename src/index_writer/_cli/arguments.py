@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -89,21 +89,34 @@ def add_filepath_column_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: One name of a ``--columns`` list: in double quotes (exact), or plain (trimmed).
+_COLUMN = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^",]*?))\s*(,|$)')
+
+
 def column_list(text: str) -> list[str]:
     """An argparse type: comma-separated column names, spaces around them dropped.
 
     Written as a CSV record, so a name holding a comma is given in double
-    quotes. A name given twice is refused.
+    quotes; a quoted name is taken exactly, spaces included. A name given
+    twice is refused.
 
     Examples
     --------
-    >>> column_list('path, subject, "dose, Gy"')
-    ['path', 'subject', 'dose, Gy']
+    >>> column_list('path, subject, "dose, Gy", " site"')
+    ['path', 'subject', 'dose, Gy', ' site']
     """
-    try:
-        names = [name.strip() for name in next(csv.reader([text], skipinitialspace=True))]
-    except (csv.Error, StopIteration):
-        names = []
+    names: list[str] = []
+    pos = 0
+    while True:
+        m = _COLUMN.match(text, pos)
+        if m is None:
+            names = []  # malformed: refused below
+            break
+        quoted, plain, end = m.groups()
+        names.append(quoted.replace('""', '"') if quoted is not None else plain)
+        pos = m.end()
+        if not end:
+            break
     if not names or not all(names):
         raise argparse.ArgumentTypeError(f"expected comma-separated column names, got {text!r}")
     twice = sorted({name for name in names if names.count(name) > 1})
