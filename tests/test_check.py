@@ -197,7 +197,8 @@ def test_blank_lines_and_line_endings_are_counted(tmp_path: Path) -> None:
     report = check_index(index)
     assert (report.rows, report.duplicate_rows) == (3, 1)
     assert report.notes == [
-        "1 blank line before the header (ignored by readers)",
+        "1 blank line before the header (pandas skips them, csv.DictReader takes the first "
+        "for an empty header: remove them)",
         "4 blank lines (ignored by readers)",
         # Terminators of records and blank lines, not the CR LF inside "x\r\ny".
         "mixed line endings: 4 CR LF, 4 LF",

@@ -796,3 +796,21 @@ def test_an_empty_lock_path_means_the_default_as_in_the_original(tmp_path: Path)
     assert w.lock_path == tmp_path / "i.csv.lock"
     w.write_entry("a", {"v": 1})
     assert (tmp_path / "i.csv.lock").exists()
+
+
+@pytest.mark.parametrize(
+    "content", [b"\n", b"\n\r\n\n", b"\r\n", b"\xef\xbb\xbf\n"], ids=repr
+)
+def test_a_file_of_blank_lines_gets_its_header_on_the_first_line(
+    index: Path, content: bytes
+) -> None:
+    # ``echo > index.csv`` makes one: a header appended after the blank line
+    # would not be the first line, which csv.DictReader (and med-imagetools'
+    # own writer, reading the file next) takes for the header.
+    index.write_bytes(content)
+    IndexWriter(index).write_entry("a.nii", {"subject": "s1"})
+    bom = b"\xef\xbb\xbf" if content.startswith(b"\xef\xbb\xbf") else b""
+    eol = b"\r\n" if content.removeprefix(bom).startswith(b"\r\n") else b"\n"  # the first one
+    assert index.read_bytes() == bom + b"path,subject" + eol + b"a.nii,s1" + eol
+    with open(index, newline="", encoding="utf-8-sig") as f:
+        assert list(csv.DictReader(f)) == [{"path": "a.nii", "subject": "s1"}]

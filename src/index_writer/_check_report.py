@@ -207,7 +207,8 @@ def _fatal(reading: Reader, source: Source) -> tuple[str, int]:
 def _header_problems(report: CheckReport, tally: Tally, reading: Reader) -> None:
     if reading.blank_first:
         report.notes.append(
-            f"{_plural(reading.blank_first, 'blank line')} before the header (ignored by readers)"
+            f"{_plural(reading.blank_first, 'blank line')} before the header (pandas skips "
+            "them, csv.DictReader takes the first for an empty header: remove them)"
         )
     names = report.columns
     repeated = sorted(n for n, k in Counter(names).items() if k > 1)

@@ -165,7 +165,9 @@ def plan(
         raise IndexSchemaMismatchError(set(new_columns), index_path)
     if new_columns:
         encode(format_row(new_columns, "\n"), rows)  # refuse unwritable names
-    rewrite = bool(columns) and bool(new_columns)
+    # New columns rewrite the file; so does a first header for a file holding
+    # only blank lines (appended after them, it would not be the first line).
+    rewrite = bool(new_columns) and (bool(columns) or state.size > 0)
 
     appends = rows
     replacements: dict[str, Row] = {}
