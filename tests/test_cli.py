@@ -332,7 +332,7 @@ def test_add_times_out_while_another_process_holds_the_lock(index: Path) -> None
         assert f"{index}.lock" in r.stderr
         # Who holds it: the process the kernel names, and who last changed the index.
         assert f"held by process {holder.pid}" in r.stderr
-        assert "last change begun by process" in r.stderr and "on host" in r.stderr
+        assert "last change by process" in r.stderr and "on host" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
         assert index.read_bytes() == before
     finally:

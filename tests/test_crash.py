@@ -176,6 +176,108 @@ def test_sigkill_writers_at_random_moments(
     )
 
 
+def _one_row_writer(index: str, tag: str, ack_path: str, log_path: str) -> None:
+    """Append one row per call forever (until SIGKILLed), acknowledging each."""
+    logging.basicConfig(filename=log_path, level=logging.WARNING, force=True)
+    w = IndexWriter(index)
+    fd = os.open(ack_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for i in range(10**9):
+        p = entry_path(tag, i)
+        w.write_entry(p, context_for(p))
+        os.write(fd, f"{p}\t0\n".encode())
+
+
+def test_sigkill_lock_holders_appending_one_row_at_a_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3 writers of one row per call; the lock holder SIGKILLed 60 times.
+
+    Most of these appends lie within one page of the file and are not
+    journaled before they are written (a kill cannot tear them); every kill
+    lands while its victim holds the lock: before, during or after its
+    append, or before the journal records it finished. No row may be left
+    partial, moved aside or lost, and nothing may be rolled back but a
+    journaled append (one that crosses a page) cut short.
+    """
+    index = str(tmp_path / "index.csv")
+    lock = index + ".lock"
+    acks: list[str] = []
+    logs: list[str] = []
+
+    def spawn() -> multiprocessing.process.BaseProcess:
+        n = len(acks)
+        acks.append(str(tmp_path / f"ack{n}"))
+        logs.append(str(tmp_path / f"log{n}"))
+        p = FORK.Process(target=_one_row_writer, args=(index, f"w{n}", acks[-1], logs[-1]))
+        p.start()
+        return p
+
+    live = [spawn() for _ in range(3)]
+    kills = 0
+    deadline = time.monotonic() + 60
+    while kills < 60 and time.monotonic() < deadline:
+        holder = _lock_holder(lock) if os.path.exists(lock) else None
+        pids = [p.pid for p in live]
+        if holder not in pids:
+            continue
+        k = pids.index(holder)
+        os.kill(holder, signal.SIGKILL)
+        live[k].join()
+        assert live[k].exitcode == -signal.SIGKILL
+        live[k] = spawn()
+        kills += 1
+        # Between kills, the file ends with a whole row, or the append the
+        # journal shows active (the next writer undoes it).
+        if not Path(index).read_bytes().endswith(b"\n"):
+            assert _internals.journal_pending(index)
+    for p in live:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+    assert kills == 60, f"only {kills} kills in a minute"
+    acked = read_acks(acks)
+    with caplog.at_level(logging.WARNING, logger="index_writer"):
+        check_index(index, acked=acked)
+    log = "".join(Path(f).read_text() for f in logs if os.path.exists(f)) + caplog.text
+    assert "could not" not in log and "moved" not in log and "not undoing" not in log, log
+    assert not [f for f in os.listdir(tmp_path) if "incomplete" in f]
+    print(f"\n{kills} kills, {len(acked)} acknowledged, rolled back: {log.count('rolled back')}")
+
+
+@pytest.mark.parametrize("crosses_a_page", [False, True])
+def test_a_writer_killed_before_recording_its_append_finished_leaves_a_whole_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, crosses_a_page: bool
+) -> None:
+    """The append is on disk, its finished record is not: the row is data, kept whole.
+
+    Within a page, no record of it was written at all (the journal still
+    holds the previous append's); across a page, its active record shows it
+    whole.
+    """
+    index, before = _index_with_rows(tmp_path)
+    pad = 4096 - len(before) % 4096  # bytes left in the file's last page
+    assert pad > 300, "the index's rows happened to end near a page's end"
+    p = entry_path("killed", 0) + ("/" + "x" * pad if crosses_a_page else "")
+    ctx = {k: v for k, v in context_for(p).items() if k in ("subject", "digest", "rev", "length")}
+
+    def die_after_appending() -> None:
+        _internals.exit_before_recording_appends_finished()
+        IndexWriter(index).write_entry(p, ctx)
+
+    child = FORK.Process(target=die_after_appending)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 9
+    data = Path(index).read_bytes()
+    assert data.startswith(before) and data.endswith(b"\n") and len(data) > len(before)
+    with caplog.at_level(logging.WARNING, logger="index_writer"):
+        _recover_in_fresh_process(index, "next")
+        _internals.recover(index)
+    assert Path(index).read_bytes().startswith(data)
+    assert "rolled back" not in caplog.text
+    rows = IndexWriter(index).read_rows()
+    assert [r["path"] for r in rows][-2:] == [p, entry_path("next", 0)]
+
+
 # --------------------------------------------- SIGKILL inside one big write
 
 

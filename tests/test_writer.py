@@ -632,6 +632,40 @@ def test_a_same_size_rewrite_after_another_writers_append_is_noticed(index: Path
     assert len(rows) == 103
 
 
+def _rename_row_in_place(index: str, old: str, new: str) -> None:
+    """Give one row another path of the same length, in place and under the lock."""
+    import fasteners
+
+    with fasteners.InterProcessLock(index + ".lock"), open(index, "r+b") as f:
+        data = f.read()
+        assert len(old) == len(new) and data.count(f"\n{old},".encode()) == 1
+        f.seek(0)
+        f.write(data.replace(f"\n{old},".encode(), f"\n{new},".encode()))
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_same_size_rewrite_around_another_writers_append_is_noticed_anywhere(
+    index: Path, when: str
+) -> None:
+    # A row far from the file's first and last bytes is renamed in place,
+    # before or after another process appends one row. The journal's record
+    # of that append ends the file, but its times show the other change.
+    w = IndexWriter(index)
+    w.write_entries(((f"c/{i:03d}", {"v": "old"}) for i in range(100)), replace_existing=True)
+    at = index.read_bytes().index(b"\nc/050,")
+    assert 256 < at < index.stat().st_size - 256  # neither in the first nor the last bytes
+    if when == "before":
+        _system.in_child(_rename_row_in_place, str(index), "c/050", "x/050")
+    _system.in_child(_append_one, str(index), "d/1")
+    if when == "after":
+        _system.in_child(_rename_row_in_place, str(index), "c/050", "x/050")
+    w.write_entry("x/050", {"v": "NEW"}, replace_existing=True)
+    rows = w.read_rows()
+    assert [r for r in rows if r["path"] == "x/050"] == [{"path": "x/050", "v": "NEW"}]
+    assert [r["path"] for r in rows if r["path"] == "c/050"] == []
+    assert len(rows) == 101
+
+
 def test_foreign_shrink_and_replace_are_noticed(index: Path) -> None:
     w = IndexWriter(index)
     w.write_entries((f"p{i}", {"v": i}) for i in range(10))

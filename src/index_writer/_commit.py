@@ -1,12 +1,13 @@
 """Carrying out a plan (:mod:`._plan`) on the locked index, crash-safe.
 
-Each change is recorded in the crash journal (:mod:`._journal`) before the
-index is touched:
+Each change a crash could leave half done is recorded in the crash journal
+(:mod:`._journal`) before the index is touched:
 
 - :func:`append` adds the plan's bytes with one write (undone on failure by
   :func:`._files.append`) and advances the process's
-  :class:`._state.IndexState` past them. A finished append is marked
-  finished in the journal before the lock is released.
+  :class:`._state.IndexState` past them. A finished append is recorded
+  finished in the journal before the lock is released (an append a kill
+  cannot tear is recorded only then).
 - :func:`rewrite` streams the whole new file to a temporary file that
   replaces the index atomically (:func:`._files.replace`) and returns the
   state of the new file;
@@ -27,7 +28,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 
 from . import _files, _platform
-from ._journal import Journal, append_record, rewrite_record
+from ._journal import Journal, append_record, finished_record, rewrite_record
 from ._paths import PathOffsets
 from ._plan import Append, Rewrite
 from ._rows import encode
@@ -47,17 +48,29 @@ def append(
     are released (:attr:`._lock.Session.after`).
     """
     start = state.size
-    record, payload = append_record(state.dev, state.ino, start, plan.data)
-    journal.write(record, durable, payload)
+    journaled = durable or not _platform.kill_cannot_tear(start, len(plan.data))
+    if journaled:
+        record, payload = append_record(state.dev, state.ino, start, plan.data)
+        journal.write(record, durable, payload)
     try:
         _files.append(fd, plan.data, start, durable)
+        try:
+            mtime_ns = os.fstat(fd).st_mtime_ns
+            journal.write_finished(
+                finished_record(
+                    state.dev, state.ino, start, len(plan.data), state.mtime_ns, mtime_ns
+                )
+            )
+        except BaseException:
+            # Not recorded finished, the append could later be taken for one
+            # cut short: undo it, and the call fails as a whole.
+            os.ftruncate(fd, start)
+            raise
     except BaseException:
         with contextlib.suppress(OSError):
-            if os.fstat(fd).st_size == start:  # undone: the record is void
+            if journaled and os.fstat(fd).st_size == start:  # undone: the record is void
                 journal.mark_done_quietly()
         raise
-    journal.mark_finished()
-    mtime_ns = os.fstat(fd).st_mtime_ns
     return lambda: _note_append(state, plan, start, mtime_ns)
 
 

@@ -149,7 +149,8 @@ class IndexLockTimeoutError(IndexWriterError):
         The timeout that expired, in seconds.
     holder : str, optional
         Who holds the lock, as far as known: the process the kernel names,
-        and the process and host that began the last change to the index.
+        and the process and host that made the last change to the index (or
+        began it, if it is not finished).
 
     Examples
     --------

@@ -15,12 +15,16 @@ writer (or reader) can tell a change a crash cut short from data:
   the head or at a chunk's end -- where a write cut short by a kill stops
   (the kernel copies a write page by page). Anything else means another
   program has written since (or the end cannot be proven ours), and nothing
-  is cut. A finished append is marked finished
-  (one byte, written while the lock is still held): the file's size alone
-  cannot show it, as another program may rewrite the file in place later
+  is cut. Once an append is done, while the lock is still held, its record
+  is replaced by a finished one, which also carries the file's modification
+  time before and after the append: the file's size alone cannot show that
+  an append finished, as another program may rewrite the file in place later
   (pandas, med-imagetools) and leave it shorter, with our append's first
-  bytes where they were. The record stays readable, so the next writer
-  knows which append ended the file.
+  bytes where they were; and the times let the next writer see that the
+  file's growth since it last looked is that one append and nothing else.
+  An append that a kill cannot leave half done (one within a page of the
+  file, on Linux: :func:`._platform.kill_cannot_tear`) gets only the
+  finished record.
 - a **rewrite** is recorded with the name of its temporary file, which is
   removed if a crash left it; the index itself is only ever replaced by an
   atomic rename. A finished rewrite is marked done.
@@ -34,7 +38,8 @@ delete the journal while writers run.
 
 Format: :data:`MAGIC`, then ``A`` (a record follows), ``F`` (the append
 recorded finished) or ``D`` (done), then the record as one line of JSON and
-the append's head bytes. Each step is one ``pwrite`` in place.
+the append's head bytes (none for a finished record). Each step is one
+``pwrite`` in place.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ __all__ = [
     "Record",
     "append_record",
     "cut_utf8_tail",
+    "finished_record",
     "journal_name",
     "journal_path",
     "open_journal",
@@ -101,8 +107,10 @@ class Record:
     info : dict
         The record's fields: ``op`` ("append" or "rewrite"), and for an
         append ``dev``, ``ino``, ``offset``, ``length``, ``head`` (how many
-        head bytes follow) and ``crc_pages``; for a rewrite ``temp``; and who
-        wrote it: ``host``, ``pid``, ``time``.
+        head bytes follow) and ``crc_pages`` (a finished append instead
+        ``mtime_before`` and ``mtime``, the file's modification times in
+        nanoseconds); for a rewrite ``temp``; and who wrote it: ``host``,
+        ``pid``, ``time``.
     head : bytes
         The append's first bytes.
     finished : bool
@@ -191,17 +199,13 @@ class Journal:
         if durable:
             os.fsync(self.fd)
 
-    def mark_finished(self) -> None:
-        """Mark the recorded append finished, keeping its record (one byte, logged on failure).
+    def write_finished(self, record: bytes) -> None:
+        """Record an append just made (:func:`finished_record`), replacing its active record.
 
-        The append itself is over: a failure here is only logged, and the
-        record stays as it was (a later write finds the append whole if the
-        file still holds it).
+        Not synced to disk even for durable writers: after a power cut, an
+        active record for an append the file holds whole undoes nothing.
         """
-        try:
-            _platform.pwrite(self.fd, _FINISHED, len(MAGIC))  # one byte: all or nothing
-        except OSError as e:  # pragma: no cover - needs a failing pwrite
-            logger.warning("could not update the crash journal %s: %s", self.path, e)
+        _files.write_all(self.fd, MAGIC + _FINISHED + record + b"\n", 0)
 
     def mark_done(self) -> None:
         """Mark the recorded operation over: finished and nothing more to know, or undone."""
@@ -242,6 +246,20 @@ def append_record(dev: int, ino: int, start: int, data: bytes) -> tuple[bytes, b
         f'"head":{len(head)}{crcs},{_who()}}}'
     )
     return record.encode(), head
+
+
+def finished_record(
+    dev: int, ino: int, start: int, length: int, mtime_before: int, mtime: int
+) -> bytes:
+    """The record of an append of ``length`` bytes at ``start`` just finished.
+
+    ``mtime_before`` and ``mtime``: the file's modification times (ns) just
+    before and just after the append.
+    """
+    return (
+        f'{{"op":"append","dev":{dev},"ino":{ino},"offset":{start},"length":{length},'
+        f'"mtime_before":{mtime_before},"mtime":{mtime},{_who()}}}'
+    ).encode()
 
 
 def rewrite_record(temp: str) -> bytes:

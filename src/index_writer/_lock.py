@@ -524,8 +524,8 @@ def _holder(fd: int, slot: IndexSlot) -> str | None:
             if isinstance(when, (int, float))
             else "?"
         )
+        what = "last change by" if record.finished else "change begun by"
         parts.append(
-            f"last change begun by process {info.get('pid', '?')} on host "
-            f"{info.get('host', '?')} at {since}"
+            f"{what} process {info.get('pid', '?')} on host {info.get('host', '?')} at {since}"
         )
     return "; ".join(parts) or None

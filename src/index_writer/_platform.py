@@ -19,6 +19,7 @@ __all__ = [
     "O_NOFOLLOW",
     "copy_ownership",
     "fsync_directory",
+    "kill_cannot_tear",
     "lock_holder",
     "mark_superseded",
     "name_max",
@@ -52,6 +53,26 @@ def _seek_write(fd: int, data: bytes | memoryview, offset: int) -> int:  # pragm
 #: read or write, which is equivalent for us since callers hold the lock.
 pread: Callable[[int, int, int], bytes] = getattr(os, "pread", _seek_read)
 pwrite: Callable[[int, bytes | memoryview, int], int] = getattr(os, "pwrite", _seek_write)
+
+
+#: Writes lying within one page of this size, at this alignment, are never
+#: left half done by a kill, on Linux: the kernel copies a write into the file
+#: page by page and stops for a fatal signal (SIGKILL) only between pages
+#: (4096 bytes divides every page size Linux uses). 0 where that is not known
+#: (macOS, Windows): there every append is journaled first.
+_UNTORN_PAGE = 4096 if sys.platform.startswith("linux") else 0
+
+
+def kill_cannot_tear(offset: int, length: int) -> bool:
+    """Whether a kill cannot leave part of a ``length``-byte write at ``offset``.
+
+    True on Linux for a write within one 4 KiB page of the file: the kill
+    lands before or after it, not inside. (A power cut gives no such
+    promise, for any write; ``durable`` writers journal every append.)
+    """
+    return _UNTORN_PAGE > 0 and length > 0 and offset // _UNTORN_PAGE == (
+        offset + length - 1
+    ) // _UNTORN_PAGE
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:

@@ -181,7 +181,7 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
     ):
         return state
     slot.state = None  # kept again only once up to date
-    recover(s)
+    record = recover(s)
     if s.st.st_size < (state.size if state is not None else 0):
         state = None
     for _ in range(2):
@@ -189,7 +189,7 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
             if (
                 state is not None
                 and paths_column in (None, state.paths_column)
-                and _read_appended(s.fd, state, s.st)
+                and _read_appended(s.fd, state, s.st, record)
             ):
                 break
             state = _load(s.fd, s.st, paths_column)
@@ -206,10 +206,10 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
     return state
 
 
-def recover(s: Session) -> None:
+def recover(s: Session) -> _journal.Record | None:
     """Undo what a writer killed with the lock held left unfinished (writers).
 
-    Updates ``s.st`` if the file changed.
+    Returns the record our journal held. Updates ``s.st`` if the file changed.
     """
     assert s.journal is not None and s.st is not None
     record = s.journal.read()
@@ -222,16 +222,22 @@ def recover(s: Session) -> None:
     if changed:
         s.st = os.fstat(s.fd)
         s.slot.state = None
+        return None
+    return record
 
 
-def _read_appended(fd: int, state: IndexState, st: os.stat_result) -> bool:
+def _read_appended(
+    fd: int, state: IndexState, st: os.stat_result, record: _journal.Record | None
+) -> bool:
     """Take in the rows appended since ``state``; False if the file changed otherwise.
 
     The appended bytes are read together with the last known ones, which
-    must be unchanged; so must the first ones. (Even when the journal shows
-    that the growth ends with an append by one of our writers, who checked
-    the file before appending: another program may have rewritten the file
-    in place since, to the same size.)
+    must be unchanged. The file's first bytes must be unchanged too, unless
+    ``record`` (the journal's) shows that the growth is exactly one append by
+    one of our writers, made to the file as ``state`` knows it and the last
+    change since (:func:`_one_append_since`); if it shows that another
+    program rewrote the file in place, to the same size, before or after that
+    append, the file is read afresh.
     """
     if not (
         (state.dev, state.ino) == (st.st_dev, st.st_ino)
@@ -240,11 +246,14 @@ def _read_appended(fd: int, state: IndexState, st: os.stat_result) -> bool:
         and state.header.columns
     ):
         return False
+    one_append = _one_append_since(record, state, st)
+    if one_append is False:
+        return False
     known = len(state.tail)
     data = _files.pread_all(fd, st.st_size - state.size + known, state.size - known)
     if data[:known] != state.tail:
         return False
-    if _platform.pread(fd, len(state.head), 0) != state.head:
+    if one_append is None and _platform.pread(fd, len(state.head), 0) != state.head:
         return False
     data = data[known:]
     column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
@@ -258,6 +267,34 @@ def _read_appended(fd: int, state: IndexState, st: os.stat_result) -> bool:
     state.mtime_ns = st.st_mtime_ns
     state._note_bytes(data)
     return True
+
+
+def _one_append_since(
+    record: _journal.Record | None, state: IndexState, st: os.stat_result
+) -> bool | None:
+    """Whether the file's growth since ``state`` is exactly the append ``record`` finished.
+
+    None when the record cannot tell: it is not a finished append that
+    starts where ``state`` ends and ends where the file ends (several appends
+    since), or it keeps no times (written by an older version). Otherwise
+    True if the append was made to the file as ``state`` knows it (same
+    modification time) and the file is still as it left it; False if
+    another program changed the file in place, to the same size, before or
+    after the append.
+    """
+    if record is None or not record.finished:
+        return None
+    info = record.info
+    before, after = info.get("mtime_before"), info.get("mtime")
+    if not (
+        isinstance(before, int)
+        and isinstance(after, int)
+        and (info.get("dev"), info.get("ino")) == (st.st_dev, st.st_ino)
+        and info.get("offset") == state.size
+        and info.get("offset", 0) + info.get("length", 0) == st.st_size
+    ):
+        return None
+    return before == state.mtime_ns and after == st.st_mtime_ns
 
 
 def _explained_by(record: _journal.Record | None, st: os.stat_result) -> bool:
