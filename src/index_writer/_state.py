@@ -11,8 +11,10 @@ on the index's :class:`._handles.IndexSlot` between calls, and
 - otherwise the crash journal is consulted first (:func:`._journal.recover`
   undoes an append a crash cut short); then, for a longer file whose last
   known bytes are unchanged, only the appended bytes are read and checked
-  (plus the first bytes, unless the journal shows the growth ends with an
-  append by one of our writers);
+  (plus the first bytes, unless the journal's finished record shows that
+  the growth is exactly one append by one of our writers, to the file as
+  this process knew it, with nothing changed since; if it shows the file
+  changed in place around that append, the whole file is read);
 - anything else (a new inode, a shorter file, changed bytes, a same-size
   file with a new time): the whole file is read and checked again.
 
