@@ -41,6 +41,25 @@ def mount_tmpfs(target: Path, size: str = "4m") -> None:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
 
 
+@contextmanager
+def ramfs(target: Path) -> Iterator[Path]:
+    """A ramfs mounted on ``target`` for the block (its file times tick coarsely).
+
+    Unlike tmpfs on Linux 6.13 and later, ramfs stamps every change with the
+    clock tick's time, as every Linux filesystem did before: two changes
+    within one tick (1 to 10 ms) leave the same modification time.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    r = _run("mount", "-t", "ramfs", "ramfs", str(target))
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a ramfs here (needs root): {r.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        if umount(target).returncode != 0:
+            _run("umount", "-l", str(target))
+
+
 def umount(target: Path) -> subprocess.CompletedProcess[str]:
     """``umount TARGET`` (not lazy: it fails while anything holds the filesystem)."""
     return _run("umount", str(target))

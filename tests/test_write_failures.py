@@ -301,6 +301,24 @@ def test_full_tmpfs_enospc(small_tmpfs: Path) -> None:
     check_index(index, exact=set(revs), revs=revs)
 
 
+def test_a_full_disk_for_the_journal_undoes_the_append(small_tmpfs: Path) -> None:
+    # A file made elsewhere (no journal yet) with room in its last page: the
+    # row itself fits, the journal's record of it does not.
+    index = small_tmpfs / "index.csv"
+    index.write_bytes(b"path,v\na,1\n")
+    before = index.read_bytes()
+    filler = _fill(small_tmpfs)
+    writer = IndexWriter(index)
+    with pytest.raises(IndexWriteError) as info:
+        writer.write_entry("b", {"v": 2})
+    _assert_write_error(info.value, errno.ENOSPC)
+    assert ".index.csv.journal" in str(info.value)  # what is full, named
+    assert index.read_bytes() == before
+    filler.unlink()
+    writer.write_entry("c", {"v": 3})
+    assert [r["path"] for r in writer.read_rows()] == ["a", "c"]
+
+
 # ------------------------------------------------------ read-only bind mount
 
 

@@ -666,6 +666,35 @@ def test_a_same_size_rewrite_around_another_writers_append_is_noticed_anywhere(
     assert len(rows) == 101
 
 
+def _rename_row_in_place_keeping_the_time(index: str, old: str, new: str, mtime: int) -> None:
+    """As :func:`_rename_row_in_place`, leaving the modification time ``mtime``."""
+    _rename_row_in_place(index, old, new)
+    os.utime(index, ns=(os.stat(index).st_atime_ns, mtime))
+
+
+def test_a_same_tick_rewrite_after_another_writers_append_is_noticed(tmp_path: Path) -> None:
+    # Where file times tick coarsely (ramfs here; every Linux filesystem
+    # before 6.13), a same-size rewrite within the clock tick of another
+    # writer's append leaves the time that append's journal record shows
+    # (made exact here with utime). Equal times prove nothing there: the
+    # first bytes are still compared.
+    with _system.ramfs(tmp_path / "ramfs") as mnt:
+        index = mnt / "index.csv"
+        w = IndexWriter(index)
+        w.write_entries(((f"c/{i:03d}", {"v": "old"}) for i in range(100)),
+                        replace_existing=True)
+        _system.in_child(_append_one, str(index), "d/1")
+        mtime = index.stat().st_mtime_ns
+        _system.in_child(_rename_row_in_place_keeping_the_time, str(index), "c/000", "x/000",
+                         mtime)
+        assert index.stat().st_mtime_ns == mtime
+        w.write_entry("x/000", {"v": "NEW"}, replace_existing=True)
+        rows = w.read_rows()
+        assert [r for r in rows if r["path"] == "x/000"] == [{"path": "x/000", "v": "NEW"}]
+        assert len(rows) == 101
+        w.close()
+
+
 def test_foreign_shrink_and_replace_are_noticed(index: Path) -> None:
     w = IndexWriter(index)
     w.write_entries((f"p{i}", {"v": i}) for i in range(10))

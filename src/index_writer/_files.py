@@ -33,8 +33,10 @@ __all__ = [
     "open_index",
     "open_regular",
     "pread_all",
+    "probe_times",
     "replace",
     "stat_or_none",
+    "times_tell_changes",
     "write_all",
 ]
 
@@ -68,6 +70,42 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
                 e,
             )
         raise
+
+
+#: Devices (``st_dev``) on which two changes to a file, with a look at it in
+#: between, get different modification times: Linux 6.13 and later on most
+#: local filesystems ("multigrain" times: a change after a look is stamped
+#: with the fine clock), macOS' APFS. Elsewhere times tick coarsely (every 1
+#: to 10 ms: Linux before 6.13, ramfs, some NFS servers), and two changes
+#: within one tick look alike.
+_TIMES_TELL_CHANGES: dict[int, bool] = {}
+
+
+def probe_times(fd: int) -> None:
+    """Learn whether the filesystem of the file open as ``fd`` (ours to change) has fine times.
+
+    Two changes that leave the contents alone (setting the times to now), a
+    look after each: the times must differ, by less than 0.5 ms (one clock
+    tick is at least 1 ms). Once per device and process.
+    """
+    dev = os.fstat(fd).st_dev
+    if dev in _TIMES_TELL_CHANGES:
+        return
+    fine = False
+    if os.utime in os.supports_fd:
+        try:
+            os.utime(fd)
+            first = os.fstat(fd).st_mtime_ns
+            os.utime(fd)
+            fine = 0 < os.fstat(fd).st_mtime_ns - first < 500_000
+        except OSError:
+            pass
+    _TIMES_TELL_CHANGES[dev] = fine
+
+
+def times_tell_changes(dev: int) -> bool:
+    """Whether :func:`probe_times` found fine modification times on device ``dev``."""
+    return _TIMES_TELL_CHANGES.get(dev, False)
 
 
 def open_regular(path: str | os.PathLike[str]) -> int:

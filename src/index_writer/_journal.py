@@ -24,7 +24,9 @@ writer (or reader) can tell a change a crash cut short from data:
   file's growth since it last looked is that one append and nothing else.
   An append that a kill cannot leave half done (one within a page of the
   file, on Linux: :func:`._platform.kill_cannot_tear`) gets only the
-  finished record.
+  finished record. An active record found by a writer holding the lock is
+  voided once recovery is done (:func:`recover`): its writer is gone, and
+  it must not be matched against rows appended later.
 - a **rewrite** is recorded with the name of its temporary file, which is
   removed if a crash left it; the index itself is only ever replaced by an
   atomic rename. A finished rewrite is marked done.
@@ -195,7 +197,7 @@ class Journal:
 
     def write(self, record: bytes, durable: bool, payload: bytes = b"") -> None:
         """Record an operation about to start (one line, no newline, then data)."""
-        _files.write_all(self.fd, MAGIC + _ACTIVE + record + b"\n" + payload, 0)
+        self._write(MAGIC + _ACTIVE + record + b"\n" + payload)
         if durable:
             os.fsync(self.fd)
 
@@ -205,11 +207,20 @@ class Journal:
         Not synced to disk even for durable writers: after a power cut, an
         active record for an append the file holds whole undoes nothing.
         """
-        _files.write_all(self.fd, MAGIC + _FINISHED + record + b"\n", 0)
+        self._write(MAGIC + _FINISHED + record + b"\n")
 
     def mark_done(self) -> None:
         """Mark the recorded operation over: finished and nothing more to know, or undone."""
-        _files.write_all(self.fd, MAGIC + _DONE, 0)
+        self._write(MAGIC + _DONE)
+
+    def _write(self, data: bytes) -> None:
+        """Write ``data`` at the start; an error names the journal (not the index)."""
+        try:
+            _files.write_all(self.fd, data, 0)
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, self.path) from e
 
     def mark_done_quietly(self) -> None:
         """:meth:`mark_done`, logging instead of raising: the operation itself is over."""
@@ -370,7 +381,11 @@ def recover(
             pass
         except OSError as e:
             logger.warning("could not remove %s, left by a crashed rewrite: %s", temp, e)
-    if journal is not None and (record.op == "rewrite" or changed):
+    if journal is not None and (record.op == "rewrite" or changed or not record.finished):
+        # Seen by the lock's holder, an active record's writer is gone: its
+        # append was undone here, or is whole, or wrote nothing, or cannot be
+        # told from what others wrote since. Void it, so that it is never
+        # matched against rows appended later.
         journal.mark_done()
     return changed
 

@@ -357,6 +357,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         journal_fd, path = open_journal(s.path, lock_path, st)
         slot.journal_path = path
         slot.journal = Journal(journal_fd, path)
+        _files.probe_times(journal_fd)
         others = {journal_path(s.path), journal_path(lock_path)} - {path}
         slot.other_journal = others.pop() if others else ""
     s.journal = slot.journal

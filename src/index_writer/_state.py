@@ -13,8 +13,9 @@ on the index's :class:`._handles.IndexSlot` between calls, and
   known bytes are unchanged, only the appended bytes are read and checked
   (plus the first bytes, unless the journal's finished record shows that
   the growth is exactly one append by one of our writers, to the file as
-  this process knew it, with nothing changed since; if it shows the file
-  changed in place around that append, the whole file is read);
+  this process knew it, with nothing changed since, and the filesystem's
+  times are fine enough to show it; if it shows the file changed in place
+  around that append, the whole file is read);
 - anything else (a new inode, a shorter file, changed bytes, a same-size
   file with a new time): the whole file is read and checked again.
 
@@ -237,9 +238,10 @@ def _read_appended(
     must be unchanged. The file's first bytes must be unchanged too, unless
     ``record`` (the journal's) shows that the growth is exactly one append by
     one of our writers, made to the file as ``state`` knows it and the last
-    change since (:func:`_one_append_since`); if it shows that another
-    program rewrote the file in place, to the same size, before or after that
-    append, the file is read afresh.
+    change since (:func:`_one_append_since`), on a filesystem whose times are
+    known to be finer than a clock tick; if it shows that another program
+    rewrote the file in place, to the same size, before or after that append,
+    the file is read afresh.
     """
     if not (
         (state.dev, state.ino) == (st.st_dev, st.st_ino)
@@ -251,6 +253,8 @@ def _read_appended(
     one_append = _one_append_since(record, state, st)
     if one_append is False:
         return False
+    if not _files.times_tell_changes(st.st_dev):
+        one_append = None  # equal times may hide a change made in the same clock tick
     known = len(state.tail)
     data = _files.pread_all(fd, st.st_size - state.size + known, state.size - known)
     if data[:known] != state.tail:
