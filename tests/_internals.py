@@ -164,6 +164,25 @@ def exit_before_recording_appends_finished() -> None:
     _journal.Journal.write_finished = lambda self, record: os._exit(9)  # type: ignore[method-assign]
 
 
+def write_journal_file(path: str, record: bytes, payload: bytes = b"") -> None:
+    """Leave ``record`` in the journal file at ``path``, as a writer killed mid-change does."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _journal.Journal(fd, path).write(record, False, payload)
+    finally:
+        os.close(fd)
+
+
+def journal_beside_lock(lock_path: str, index: str) -> str:
+    """The journal a writer that may not write beside ``index`` keeps beside its lock file."""
+    return _journal.journal_beside_lock(lock_path, index)
+
+
+def append_record(dev: int, ino: int, offset: int, data: bytes) -> tuple[bytes, bytes]:
+    """The journal record (and payload) of an append of ``data`` at ``offset``."""
+    return _journal.append_record(dev, ino, offset, data)
+
+
 def write_journal(index: str, record: bytes, payload: bytes = b"") -> None:
     """Leave ``record`` in ``index``'s journal, as a writer killed mid-change does."""
     path = journal_path(index)

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 import _internals
+import _system
 from _workers import (
     big_path,
     check_index,
@@ -315,6 +316,49 @@ def test_a_stale_record_is_not_matched_against_a_later_whole_row(
         _recover_in_fresh_process(index, "next")
     assert "rolled back" not in caplog.text
     assert Path(index).read_bytes().startswith(before + row)
+
+
+def _write_in(index: str, lock: str, path: str, replace: bool) -> None:
+    IndexWriter(index, lock_path=lock).write_entry(path, {"v": "1"}, replace_existing=replace)
+
+
+@pytest.mark.parametrize("other", ["changes nothing", "appends"])
+def test_indexes_sharing_a_lock_file_keep_their_crash_records_apart(other: str) -> None:
+    """Two indexes whose writers may not create files beside them share a lock file.
+
+    Each keeps its journal next to the lock file. A torn append to the first
+    stays recorded while a writer of the second runs (and changes nothing, or
+    appends); the first's next writer rolls it back.
+    """
+    _system.need_root()
+    with _system.shared_directory() as d:
+        for sub in ("a", "b"):
+            (d / sub).mkdir(mode=0o755)  # not writable by the writers
+        (d / "locks").mkdir()
+        (d / "locks").chmod(0o777)
+        a, b, lock = str(d / "a" / "index.csv"), str(d / "b" / "index.csv"), str(d / "locks" / "l")
+        for index in (a, b):
+            Path(index).touch(mode=0o666)
+            os.chmod(index, 0o666)
+            _system.in_child(_write_in, index, lock, "first", False, uid=_system.NOBODY)
+        journals = sorted(f for f in os.listdir(d / "locks") if f.endswith(".journal"))
+        assert len(journals) == 2, journals  # one per index
+        journal = _internals.journal_beside_lock(lock, a)
+        assert os.path.basename(journal) in journals
+        before = Path(a).read_bytes()
+        row = b"torn/row/that/a/crash/cut,1\n"
+        st = os.stat(a)
+        _internals.write_journal_file(
+            journal, *_internals.append_record(st.st_dev, st.st_ino, len(before), row)
+        )
+        with open(a, "ab") as f:
+            f.write(row[:10])  # what the killed writer wrote
+        if other == "appends":
+            _system.in_child(_write_in, b, lock, "second", False, uid=_system.NOBODY)
+        else:  # the row is stored as it is
+            _system.in_child(_write_in, b, lock, "first", True, uid=_system.NOBODY)
+        _system.in_child(_write_in, a, lock, "next", False, uid=_system.NOBODY)
+        assert Path(a).read_bytes() == before + b"next,1\n"
 
 
 # --------------------------------------------- SIGKILL inside one big write

@@ -159,7 +159,8 @@ def test_an_append_a_group_member_left_cut_short_is_undone_by_the_owner() -> Non
         paths.add(in_child(_as_owner, prepare_for_big_batch, str(index)))
         in_child(_as_owner, _owner_shares_the_index, str(index))
         before = index.read_bytes()
-        member_journal = data / ".index.csv.lock.journal"  # where the member keeps it
+        # Where the member keeps it: the owner's journal is not the member's to write.
+        member_journal = _internals.journal_beside_lock(str(index) + ".lock", str(index))
         kill_inside_a_big_append(
             index, target=_member_big_batch, journal=member_journal
         )

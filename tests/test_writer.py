@@ -672,6 +672,20 @@ def _rename_row_in_place_keeping_the_time(index: str, old: str, new: str, mtime:
     os.utime(index, ns=(os.stat(index).st_atime_ns, mtime))
 
 
+def _same_tick_rewrite_after_another_writers_append(index: Path) -> None:
+    w = IndexWriter(index)
+    w.write_entries(((f"c/{i:03d}", {"v": "old"}) for i in range(100)), replace_existing=True)
+    _system.in_child(_append_one, str(index), "d/1")
+    mtime = index.stat().st_mtime_ns
+    _system.in_child(_rename_row_in_place_keeping_the_time, str(index), "c/000", "x/000", mtime)
+    assert index.stat().st_mtime_ns == mtime
+    w.write_entry("x/000", {"v": "NEW"}, replace_existing=True)
+    rows = w.read_rows()
+    assert [r for r in rows if r["path"] == "x/000"] == [{"path": "x/000", "v": "NEW"}]
+    assert len(rows) == 101
+    w.close()
+
+
 def test_a_same_tick_rewrite_after_another_writers_append_is_noticed(tmp_path: Path) -> None:
     # Where file times tick coarsely (ramfs here; every Linux filesystem
     # before 6.13), a same-size rewrite within the clock tick of another
@@ -679,20 +693,20 @@ def test_a_same_tick_rewrite_after_another_writers_append_is_noticed(tmp_path: P
     # (made exact here with utime). Equal times prove nothing there: the
     # first bytes are still compared.
     with _system.ramfs(tmp_path / "ramfs") as mnt:
-        index = mnt / "index.csv"
-        w = IndexWriter(index)
-        w.write_entries(((f"c/{i:03d}", {"v": "old"}) for i in range(100)),
-                        replace_existing=True)
-        _system.in_child(_append_one, str(index), "d/1")
-        mtime = index.stat().st_mtime_ns
-        _system.in_child(_rename_row_in_place_keeping_the_time, str(index), "c/000", "x/000",
-                         mtime)
-        assert index.stat().st_mtime_ns == mtime
-        w.write_entry("x/000", {"v": "NEW"}, replace_existing=True)
-        rows = w.read_rows()
-        assert [r for r in rows if r["path"] == "x/000"] == [{"path": "x/000", "v": "NEW"}]
-        assert len(rows) == 101
+        _same_tick_rewrite_after_another_writers_append(mnt / "index.csv")
+
+
+def test_a_filesystem_mounted_where_another_was_is_judged_afresh(tmp_path: Path) -> None:
+    # A writer on a tmpfs (whose times tell quick changes apart here) is
+    # closed, the tmpfs unmounted and a ramfs mounted in its place: Linux
+    # gives it the same device number. What was found of the tmpfs's times
+    # must not be taken for the ramfs's.
+    with _system.tmpfs(tmp_path / "mnt") as mnt:
+        w = IndexWriter(mnt / "index.csv")
+        w.write_entry("a", {"v": "1"})
         w.close()
+    with _system.ramfs(tmp_path / "mnt") as mnt:
+        _same_tick_rewrite_after_another_writers_append(mnt / "index.csv")
 
 
 def test_foreign_shrink_and_replace_are_noticed(index: Path) -> None:

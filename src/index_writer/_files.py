@@ -33,7 +33,6 @@ __all__ = [
     "open_index",
     "open_regular",
     "pread_all",
-    "probe_times",
     "replace",
     "stat_or_none",
     "times_tell_changes",
@@ -72,40 +71,26 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
         raise
 
 
-#: Devices (``st_dev``) on which two changes to a file, with a look at it in
-#: between, get different modification times: Linux 6.13 and later on most
-#: local filesystems ("multigrain" times: a change after a look is stamped
-#: with the fine clock), macOS' APFS. Elsewhere times tick coarsely (every 1
-#: to 10 ms: Linux before 6.13, ramfs, some NFS servers), and two changes
-#: within one tick look alike.
-_TIMES_TELL_CHANGES: dict[int, bool] = {}
-
-
-def probe_times(fd: int) -> None:
-    """Learn whether the filesystem of the file open as ``fd`` (ours to change) has fine times.
+def times_tell_changes(fd: int) -> bool:
+    """Whether two quick changes to the file open as ``fd`` (ours to change) get different times.
 
     Two changes that leave the contents alone (setting the times to now), a
-    look after each: the times must differ, by less than 0.5 ms (one clock
-    tick is at least 1 ms). Once per device and process.
+    look after each: the modification times must differ, by less than 0.5 ms
+    (a clock tick is at least 1 ms). True on Linux 6.13 and later on most
+    local filesystems ("multigrain" times: a change made after a look is
+    stamped with the fine clock), and on macOS' APFS. False where times only
+    move with the clock's tick (Linux before 6.13, ramfs, some NFS servers):
+    there two changes within one tick look alike.
     """
-    dev = os.fstat(fd).st_dev
-    if dev in _TIMES_TELL_CHANGES:
-        return
-    fine = False
-    if os.utime in os.supports_fd:
-        try:
-            os.utime(fd)
-            first = os.fstat(fd).st_mtime_ns
-            os.utime(fd)
-            fine = 0 < os.fstat(fd).st_mtime_ns - first < 500_000
-        except OSError:
-            pass
-    _TIMES_TELL_CHANGES[dev] = fine
-
-
-def times_tell_changes(dev: int) -> bool:
-    """Whether :func:`probe_times` found fine modification times on device ``dev``."""
-    return _TIMES_TELL_CHANGES.get(dev, False)
+    if os.utime not in os.supports_fd:  # pragma: no cover - Windows
+        return False
+    try:
+        os.utime(fd)
+        first = os.fstat(fd).st_mtime_ns
+        os.utime(fd)
+        return 0 < os.fstat(fd).st_mtime_ns - first < 500_000
+    except OSError:
+        return False
 
 
 def open_regular(path: str | os.PathLike[str]) -> int:

@@ -47,6 +47,7 @@ the append's head bytes (none for a finished record). Each step is one
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ __all__ = [
     "append_record",
     "cut_utf8_tail",
     "finished_record",
+    "journal_beside_lock",
     "journal_name",
     "journal_path",
     "open_journal",
@@ -183,13 +185,22 @@ class Journal:
         Read-write descriptor of the journal file.
     path : str
         Its path, for messages.
+
+    Attributes
+    ----------
+    fine_times_dev : int or None
+        The device on which the journal found that two quick changes to a
+        file get different modification times
+        (:func:`._files.times_tell_changes`, tried once, when opened); None
+        if they may not.
     """
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("fd", "fine_times_dev", "path")
 
     def __init__(self, fd: int, path: str) -> None:
         self.fd = fd
         self.path = path
+        self.fine_times_dev = os.fstat(fd).st_dev if _files.times_tell_changes(fd) else None
 
     def read(self) -> Record | None:
         """The operation recorded last (an append also once finished), unless marked done."""
@@ -381,11 +392,16 @@ def recover(
             pass
         except OSError as e:
             logger.warning("could not remove %s, left by a crashed rewrite: %s", temp, e)
-    if journal is not None and (record.op == "rewrite" or changed or not record.finished):
-        # Seen by the lock's holder, an active record's writer is gone: its
-        # append was undone here, or is whole, or wrote nothing, or cannot be
-        # told from what others wrote since. Void it, so that it is never
-        # matched against rows appended later.
+    ours = (record.info.get("dev"), record.info.get("ino")) == (st.st_dev, st.st_ino)
+    if journal is not None and (
+        record.op == "rewrite" or changed or (ours and not record.finished)
+    ):
+        # Seen by the lock's holder, an active record of an append to this
+        # file has lost its writer: the append was undone here, or is whole,
+        # or wrote nothing, or cannot be told from what others wrote since.
+        # Void it, so that it is not matched against rows appended later. (A
+        # record for another file stays: a journal kept next to a shared lock
+        # file may be another index's.)
         journal.mark_done()
     return changed
 
@@ -450,7 +466,7 @@ def open_journal(index: str, lock_path: str, st: os.stat_result) -> tuple[int, s
     gets the index's permission bits (and, made by root, its owner), so every
     user who may write the index may write its journal.
     """
-    places = (journal_path(index), journal_path(lock_path))
+    places = (journal_path(index), journal_beside_lock(lock_path, index))
     for path in places:
         try:
             return _open_existing(path), path
@@ -521,6 +537,25 @@ def journal_name(index_path: str) -> str:
     """
     directory, name = os.path.split(index_path)
     return _files.sidecar_name(name, "journal", hidden=True, directory=directory)
+
+
+def journal_beside_lock(lock_path: str, index: str) -> str:
+    """The journal a writer keeps next to its lock file for ``index`` (see :func:`open_journal`).
+
+    One per index, since indexes may share a lock file: the lock file's
+    name, a tag made from the index's resolved path, ``.journal``.
+
+    Examples
+    --------
+    >>> name = os.path.basename(journal_beside_lock("/locks/shared.lock", "/data/a/index.csv"))
+    >>> name.startswith(".shared.lock.") and name.endswith(".journal"), len(name)
+    (True, 33)
+    """
+    tag = hashlib.blake2b(os.fsencode(os.path.realpath(index)), digest_size=6).hexdigest()
+    directory, name = os.path.split(os.path.realpath(lock_path))
+    return os.path.join(
+        directory, _files.sidecar_name(f"{name}.{tag}", "journal", hidden=True, directory=directory)
+    )
 
 
 def journal_path(path: str) -> str:

@@ -45,6 +45,7 @@ from ._handles import IndexSlot, LockFile
 from ._journal import (
     Journal,
     cut_utf8_tail,
+    journal_beside_lock,
     journal_path,
     open_journal,
     read_journal,
@@ -357,8 +358,7 @@ def _open_for_write(s: Session, lock: LockFile, lock_path: str, create: bool) ->
         journal_fd, path = open_journal(s.path, lock_path, st)
         slot.journal_path = path
         slot.journal = Journal(journal_fd, path)
-        _files.probe_times(journal_fd)
-        others = {journal_path(s.path), journal_path(lock_path)} - {path}
+        others = {journal_path(s.path), journal_beside_lock(lock_path, s.path)} - {path}
         slot.other_journal = others.pop() if others else ""
     s.journal = slot.journal
     return True
@@ -473,7 +473,7 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
     st = os.fstat(fd)
     s.fd, s.st = fd, st
     s.end = st.st_size
-    for journal in {journal_path(s.path), journal_path(lock_path)}:
+    for journal in {journal_path(s.path), journal_beside_lock(lock_path, s.path)}:
         start = torn_append_start(read_journal(journal), fd, st)
         if start is not None:
             s.end = min(s.end, start)

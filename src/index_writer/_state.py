@@ -192,7 +192,7 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
             if (
                 state is not None
                 and paths_column in (None, state.paths_column)
-                and _read_appended(s.fd, state, s.st, record)
+                and _read_appended(s.fd, state, s.st, record, s.journal.fine_times_dev)
             ):
                 break
             state = _load(s.fd, s.st, paths_column)
@@ -230,7 +230,11 @@ def recover(s: Session) -> _journal.Record | None:
 
 
 def _read_appended(
-    fd: int, state: IndexState, st: os.stat_result, record: _journal.Record | None
+    fd: int,
+    state: IndexState,
+    st: os.stat_result,
+    record: _journal.Record | None,
+    fine_times_dev: int | None,
 ) -> bool:
     """Take in the rows appended since ``state``; False if the file changed otherwise.
 
@@ -239,7 +243,8 @@ def _read_appended(
     ``record`` (the journal's) shows that the growth is exactly one append by
     one of our writers, made to the file as ``state`` knows it and the last
     change since (:func:`_one_append_since`), on a filesystem whose times are
-    known to be finer than a clock tick; if it shows that another program
+    known to be finer than a clock tick (``fine_times_dev``, the journal's
+    finding); if it shows that another program
     rewrote the file in place, to the same size, before or after that append,
     the file is read afresh.
     """
@@ -253,7 +258,7 @@ def _read_appended(
     one_append = _one_append_since(record, state, st)
     if one_append is False:
         return False
-    if not _files.times_tell_changes(st.st_dev):
+    if st.st_dev != fine_times_dev:
         one_append = None  # equal times may hide a change made in the same clock tick
     known = len(state.tail)
     data = _files.pread_all(fd, st.st_size - state.size + known, state.size - known)
