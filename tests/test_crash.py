@@ -247,6 +247,25 @@ def test_sigkill_lock_holders_appending_one_row_at_a_time(
     print(f"\n{kills} kills, {len(acked)} acknowledged, rolled back: {log.count('rolled back')}")
 
 
+def _always_present_columns(path: str) -> dict[str, object]:
+    """``path``'s context, without the columns only some paths get (so: an append)."""
+    always = ("subject", "digest", "rev", "length")
+    return {k: v for k, v in context_for(path).items() if k in always}
+
+
+def _append_and_die_before_recording_it_finished(index: str, path: str) -> None:
+    """Write ``path`` in a child that ends at once, as if killed, before the finished record."""
+
+    def write() -> None:
+        _internals.exit_before_recording_appends_finished()
+        IndexWriter(index).write_entry(path, _always_present_columns(path))
+
+    child = FORK.Process(target=write)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 9
+
+
 @pytest.mark.parametrize("crosses_a_page", [False, True])
 def test_a_writer_killed_before_recording_its_append_finished_leaves_a_whole_row(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, crosses_a_page: bool
@@ -261,16 +280,7 @@ def test_a_writer_killed_before_recording_its_append_finished_leaves_a_whole_row
     pad = 4096 - len(before) % 4096  # bytes left in the file's last page
     assert pad > 300, "the index's rows happened to end near a page's end"
     p = entry_path("killed", 0) + ("/" + "x" * pad if crosses_a_page else "")
-    ctx = {k: v for k, v in context_for(p).items() if k in ("subject", "digest", "rev", "length")}
-
-    def die_after_appending() -> None:
-        _internals.exit_before_recording_appends_finished()
-        IndexWriter(index).write_entry(p, ctx)
-
-    child = FORK.Process(target=die_after_appending)
-    child.start()
-    child.join(30)
-    assert child.exitcode == 9
+    _append_and_die_before_recording_it_finished(index, p)
     data = Path(index).read_bytes()
     assert data.startswith(before) and data.endswith(b"\n") and len(data) > len(before)
     with caplog.at_level(logging.WARNING, logger="index_writer"):
@@ -294,7 +304,7 @@ def test_a_stale_record_is_not_matched_against_a_later_whole_row(
     """
     index, before = _index_with_rows(tmp_path)
     p = entry_path("retried", 0)
-    ctx = {k: v for k, v in context_for(p).items() if k in ("subject", "digest", "rev", "length")}
+    ctx = _always_present_columns(p)
     buf = io.StringIO()
     eol = "\r\n" if before.endswith(b"\r\n") else "\n"
     csv.writer(buf, lineterminator=eol).writerow(
@@ -302,15 +312,7 @@ def test_a_stale_record_is_not_matched_against_a_later_whole_row(
     )
     row = buf.getvalue().encode()
     _internals.write_append_journal(index, len(before), row + b"x" * 10_000)
-
-    def retry_and_die() -> None:
-        _internals.exit_before_recording_appends_finished()
-        IndexWriter(index).write_entry(p, ctx)
-
-    child = FORK.Process(target=retry_and_die)
-    child.start()
-    child.join(30)
-    assert child.exitcode == 9
+    _append_and_die_before_recording_it_finished(index, p)
     assert Path(index).read_bytes() == before + row
     with caplog.at_level(logging.WARNING, logger="index_writer"):
         _recover_in_fresh_process(index, "next")
