@@ -191,8 +191,8 @@ class Journal:
     fine_times_dev : int or None
         The device on which the journal found that two quick changes to a
         file get different modification times
-        (:func:`._files.times_tell_changes`, tried once, when opened); None
-        if they may not.
+        (:func:`._files.times_tell_changes`, checked when it is opened);
+        None if they may not.
     """
 
     __slots__ = ("fd", "fine_times_dev", "path")

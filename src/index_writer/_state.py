@@ -244,9 +244,9 @@ def _read_appended(
     one of our writers, made to the file as ``state`` knows it and the last
     change since (:func:`_one_append_since`), on a filesystem whose times are
     known to be finer than a clock tick (``fine_times_dev``, the journal's
-    finding); if it shows that another program
-    rewrote the file in place, to the same size, before or after that append,
-    the file is read afresh.
+    finding). If the record shows that another program rewrote the file in
+    place, to the same size, before or after that append, the file is read
+    afresh.
     """
     if not (
         (state.dev, state.ino) == (st.st_dev, st.st_ino)
