@@ -199,8 +199,9 @@ def test_sigkill_lock_holders_appending_one_row_at_a_time(
     journaled before they are written (a kill cannot tear them); every kill
     lands while its victim holds the lock: before, during or after its
     append, or before the journal records it finished. No row may be left
-    partial, moved aside or lost, and nothing may be rolled back but a
-    journaled append (one that crosses a page) cut short.
+    partial or moved aside, no acknowledged row lost, and no torn write left
+    unundone. (Only an append that crosses a page is journaled before it is
+    made, so only such an append can be rolled back.)
     """
     index = str(tmp_path / "index.csv")
     lock = index + ".lock"
