@@ -24,6 +24,7 @@ import signal
 import time
 from pathlib import Path
 
+import fasteners
 import pytest
 
 import _internals
@@ -231,9 +232,11 @@ def test_sigkill_lock_holders_appending_one_row_at_a_time(
         live[k] = spawn()
         kills += 1
         # Between kills, the file ends with a whole row, or the append the
-        # journal shows active (the next writer undoes it).
-        if not Path(index).read_bytes().endswith(b"\n"):
-            assert _internals.journal_pending(index)
+        # journal shows active (the next writer undoes it). Looked at under
+        # the lock: the live writers may be mid-append, or undoing it.
+        with fasteners.InterProcessLock(lock):
+            if not Path(index).read_bytes().endswith(b"\n"):
+                assert _internals.journal_pending(index)
     for p in live:
         os.kill(p.pid, signal.SIGKILL)
         p.join()
