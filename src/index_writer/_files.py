@@ -72,30 +72,31 @@ def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
 
 
 def times_tell_changes(fd: int) -> bool:
-    """Whether two quick changes to the file open as ``fd`` (ours to change) get different times.
+    """Whether quick changes to the file open as ``fd`` (ours to change) always get new times.
 
-    Two changes that leave the contents alone (setting the times to now), a
-    look after each: the modification times must differ, by less than 0.5 ms
-    (a clock tick is at least 1 ms). True on Linux 6.13 and later on most
-    local filesystems ("multigrain" times: a change made after a look is
-    stamped with the fine clock), and on macOS' APFS. False where times only
-    move with the clock's tick (Linux before 6.13, ramfs, some NFS servers):
-    there two changes within one tick look alike, and two a tick apart are
-    at least 1 ms apart: one pair less than 0.5 ms apart proves the clock
-    finer. Up to three tries.
+    Ten times, two changes that leave the contents alone (setting the times
+    to now), a look after each: every second change must get a later time
+    than the first. Linux 6.13 and later stamp a change made after a look
+    with the fine clock on most local filesystems ("multigrain" times), so
+    every try passes, however long the process pauses. Elsewhere (Linux
+    before 6.13, ramfs, some NFS servers) times move with the clock's tick,
+    at most every millisecond, and two changes microseconds apart almost
+    always get the same time (unless other files' fine times move the clock
+    they share in between: under heavy load, 1 try in 3 or so): ten new
+    times in a row do not happen by chance.
     """
     if os.utime not in os.supports_fd:  # pragma: no cover - Windows
         return False
     try:
-        for _ in range(3):  # a pause between the two (the process descheduled) spoils one try
+        for _ in range(10):
             os.utime(fd)
             first = os.fstat(fd).st_mtime_ns
             os.utime(fd)
-            if 0 < os.fstat(fd).st_mtime_ns - first < 500_000:
-                return True
+            if os.fstat(fd).st_mtime_ns <= first:
+                return False
     except OSError:
-        pass
-    return False
+        return False
+    return True
 
 
 def open_regular(path: str | os.PathLike[str]) -> int:
