@@ -171,13 +171,18 @@ def test_sigkill_writers_at_random_moments(
     assert all(p.startswith("k") for p in found)
     # A rewrite cut short leaves a temp file; the next holder removes it.
     assert stray_temp_files(tmp_path) == []
-    log = "".join(Path(f).read_text() for f in logs if os.path.exists(f)) + caplog.text
+    log = _read_all(logs) + caplog.text
     assert "could not" not in log  # no failed roll-back
     print(
         f"\n{kills} kills ({targeted} aimed at a write in progress), {len(acked)} acknowledged, "
         f"{len(found)} rows, {os.path.getsize(index) / 1e6:.1f} MB; appends rolled back: "
         f"{log.count('rolled back')}, rewrite temp files removed: {log.count('removed')}"
     )
+
+
+def _read_all(files: list[str]) -> str:
+    """The text of those of ``files`` that exist, one after another."""
+    return "".join(Path(f).read_text() for f in files if os.path.exists(f))
 
 
 def _one_row_writer(index: str, tag: str, ack_path: str, log_path: str) -> None:
@@ -235,8 +240,12 @@ def test_sigkill_lock_holders_appending_one_row_at_a_time(
         # journal shows active (the next writer undoes it). Looked at under
         # the lock: the live writers may be mid-append, or undoing it.
         with fasteners.InterProcessLock(lock):
-            if not Path(index).read_bytes().endswith(b"\n"):
-                assert _internals.journal_pending(index)
+            data = Path(index).read_bytes()
+            if not data.endswith(b"\n"):
+                assert _internals.journal_pending(index), (
+                    f"after kill {kills}: {len(data)} bytes ending {data[-300:]!r}, "
+                    f"journal {_internals.journal_record(index)}, logs: {_read_all(logs)}"
+                )
     for p in live:
         os.kill(p.pid, signal.SIGKILL)
         p.join()
@@ -244,7 +253,7 @@ def test_sigkill_lock_holders_appending_one_row_at_a_time(
     acked = read_acks(acks)
     with caplog.at_level(logging.WARNING, logger="index_writer"):
         check_index(index, acked=acked)
-    log = "".join(Path(f).read_text() for f in logs if os.path.exists(f)) + caplog.text
+    log = _read_all(logs) + caplog.text
     for bad in ("could not", "incomplete row", "not undoing"):
         assert bad not in log, log
     assert not [f for f in os.listdir(tmp_path) if "incomplete" in f]
