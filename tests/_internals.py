@@ -164,6 +164,22 @@ def exit_before_recording_appends_finished() -> None:
     _journal.Journal.write_finished = lambda self, record: os._exit(9)  # type: ignore[method-assign]
 
 
+def exit_after_making_the_index() -> None:
+    """Make this process end at once, as a kill would, right after it creates an index file.
+
+    For a forked child only: the file exists, empty, and nothing is written to it.
+    """
+    opening = _files.open_index
+
+    def make_and_exit(name: str, create: bool) -> tuple[int, bool]:
+        fd, created = opening(name, create)
+        if created:
+            os._exit(9)
+        return fd, created
+
+    _files.open_index = make_and_exit
+
+
 def write_journal_file(path: str, record: bytes, payload: bytes = b"") -> None:
     """Leave ``record`` in the journal file at ``path``, as a writer killed mid-change does."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

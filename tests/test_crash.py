@@ -238,10 +238,13 @@ def test_sigkill_lock_holders_appending_one_row_at_a_time(
         kills += 1
         # Between kills, the file ends with a whole row, or the append the
         # journal shows active (the next writer undoes it). Looked at under
-        # the lock: the live writers may be mid-append, or undoing it.
+        # the lock: the live writers may be mid-append, or undoing it. Until
+        # a first row is written, the index may be missing or empty: the
+        # first writer makes the file before its first append, and a kill
+        # often lands in between.
         with fasteners.InterProcessLock(lock):
-            data = Path(index).read_bytes()
-            if not data.endswith(b"\n"):
+            data = Path(index).read_bytes() if os.path.exists(index) else b""
+            if data and not data.endswith(b"\n"):
                 assert _internals.journal_pending(index), (
                     f"after kill {kills}: {len(data)} bytes ending {data[-300:]!r}, "
                     f"journal {_internals.journal_record(index)}, logs: {_read_all(logs)}"
@@ -258,6 +261,30 @@ def test_sigkill_lock_holders_appending_one_row_at_a_time(
         assert bad not in log, log
     assert not [f for f in os.listdir(tmp_path) if "incomplete" in f]
     print(f"\n{kills} kills, {len(acked)} acknowledged, rolled back: {log.count('rolled back')}")
+
+
+def test_a_writer_killed_between_making_the_index_and_its_first_row_leaves_an_empty_index(
+    tmp_path: Path,
+) -> None:
+    """The first writer makes the file, then appends: a kill in between leaves it empty.
+
+    An empty index is a valid one: it reads as no rows, and the next writer
+    writes the header and its row as if the file were new.
+    """
+    index = tmp_path / "index.csv"
+
+    def first_write() -> None:
+        _internals.exit_after_making_the_index()
+        IndexWriter(index).write_entry("a.nii.gz", {"subject": "s1"})
+
+    child = FORK.Process(target=first_write)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 9
+    assert index.read_bytes() == b""
+    assert IndexWriter(index).read_rows() == []
+    IndexWriter(index).write_entry("b.nii.gz", {"subject": "s2"})
+    assert read_csv(index) == (["path", "subject"], [["b.nii.gz", "s2"]])
 
 
 def _always_present_columns(path: str) -> dict[str, object]:
