@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,6 +127,45 @@ def test_processes_x_threads_with_replacements(tmp_path: Path) -> None:
         for t in range(3):
             revs.update(replace_worker_revs(f"r{k}-{t}", 100))
     check_index(index, exact=set(revs), revs=revs)
+
+
+def _rewrite_the_latest_rows_of_the_next_writer(
+    index: str, k: int, n: int, counts: Any, start: Any
+) -> None:
+    """Append ``n`` rows; before each, write the next process's latest row again, unchanged."""
+    w = IndexWriter(index)
+    w.write_entry(f"start{k}", {}, replace_existing=True)  # the whole file read
+    following = (k + 1) % len(counts)
+    start.wait()
+    for i in range(n):
+        latest = counts[following] - 1
+        if latest >= 0:
+            q = entry_path(f"plain{following}", latest)
+            w.write_entry(q, context_for(q), replace_existing=True)
+        p = entry_path(f"plain{k}", i)
+        w.write_entry(p, context_for(p), replace_existing=True)
+        counts[k] = i + 1
+
+
+def test_processes_find_the_rows_others_appended_just_before(tmp_path: Path) -> None:
+    """A path another process appended since this one's last write is found, not added twice.
+
+    Each of 3 processes, before each of its appends, writes the row the next
+    process appended last once more, unchanged (``replace_existing``): that
+    row was often appended since this process last held the lock, and a
+    writer files the paths of such rows only after letting the lock go. If
+    the lookup missed it, the row would be appended a second time.
+    """
+    index = str(tmp_path / "index.csv")
+    IndexWriter(index).write_entry("first", context_for("first"))  # every column, once
+    for c in range(3):
+        IndexWriter(index).write_entry(f"first{c}", {f"extra_{c}": "x"})
+    counts, start = FORK.Array("i", 3), FORK.Barrier(3)
+    _run_processes([(_rewrite_the_latest_rows_of_the_next_writer, (index, k, 1000, counts, start))
+                    for k in range(3)])
+    rows = IndexWriter(index).read_rows()
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)) == 3 * 1000 + 4 + 3
 
 
 def test_processes_and_parent_threads_share_the_index(tmp_path: Path) -> None:
