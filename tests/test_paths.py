@@ -32,11 +32,8 @@ operations = st.lists(
         st.tuples(st.just("add"), st.sampled_from(PATHS)),
         st.tuples(st.just("lines"), st.lists(st.sampled_from(PATHS), min_size=1, max_size=40),
                   st.sampled_from([0, 1]), st.booleans()),
-        st.tuples(st.just("defer"), st.lists(st.sampled_from(PATHS), min_size=1, max_size=40),
-                  st.sampled_from([0, 1]), st.booleans()),
         st.tuples(st.just("look"), st.sampled_from(PATHS)),
         st.tuples(st.just("sort"),),
-        st.tuples(st.just("file"),),
     ),
     max_size=60,
 )
@@ -45,7 +42,7 @@ operations = st.lists(
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # never changes
 @given(ops=operations)
-def test_candidates_hold_the_rows_of_the_path_and_only_rows_under_its_hash(
+def test_candidates_are_exactly_the_rows_filed_under_the_hash(
     weak_hash: dict[bytes, int], ops: list[tuple[object, ...]]
 ) -> None:
     m = _paths.PathOffsets()
@@ -57,31 +54,25 @@ def test_candidates_hold_the_rows_of_the_path_and_only_rows_under_its_hash(
             m.add(path, offset)
             rows.append((path, offset))
             offset += 10
-        elif op[0] in ("lines", "defer"):
+        elif op[0] == "lines":
             paths, column, crlf = op[1], op[2], op[3]
             assert isinstance(paths, list)
             eol = b"\r\n" if crlf else b"\n"
             lines = [(b"x," + p.encode() if column else p.encode() + b",x") + eol
                      for p in paths]
-            file = m.add_plain_lines if op[0] == "lines" else m.defer_plain_lines
-            file(b"".join(lines), offset, int(str(column)))
+            m.add_plain_lines(b"".join(lines), offset, int(str(column)))
             for p, line in zip(paths, lines, strict=True):
                 rows.append((p, offset))
                 offset += len(line)
         elif op[0] == "sort":
             m.sort()
-        elif op[0] == "file":
-            m.file_deferred()
         else:
             path = str(op[1])
             want = {o for p, o in rows if weak_hash[p.encode()] == weak_hash[path.encode()]}
-            deferred = bool(m.deferred)
             got = m.candidates(path)
+            assert sorted(got) == sorted(want)
             assert len(got) == len(set(got))
-            assert {o for p, o in rows if p == path} <= set(got) <= want
-            if not deferred:
-                assert sorted(got) == sorted(want)
-    assert len(m) == len(rows)  # files what was deferred
+    assert len(m) == len(rows)
     for path in PATHS:  # and after every lookup has sorted the map
         for _ in range(_paths._SEARCHES_BEFORE_SORT + 1):
             got = m.candidates(path)
@@ -127,40 +118,3 @@ def test_shift_refuses_an_offset_that_is_no_row_start() -> None:
         m.add(f"p{i}", o)
     assert not m.shift([(10, 5), (15, 1)])
     assert list(m.starts) == [0, 10, 20]  # unchanged
-
-
-def test_a_lookup_files_deferred_rows_only_if_they_may_hold_its_path() -> None:
-    m = _paths.PathOffsets()
-    m.add_plain_lines(b"a.nii,1\nb.nii,2\n", 0, 0)
-    m.defer_plain_lines(b"c.nii,3\nd.nii,4\n", 16, 0)
-    assert m.candidates("a.nii") == [0]
-    assert m.deferred  # no deferred row can hold a.nii: still not filed
-    assert m.candidates("d.nii") == [24]
-    assert not m.deferred
-
-
-def test_rows_added_after_deferred_ones_keep_file_order() -> None:
-    m = _paths.PathOffsets()
-    m.add_plain_lines(b"a.nii,1\n", 0, 0)
-    m.defer_plain_lines(b"b.nii,2\n", 8, 0)
-    m.add("c.nii", 16)  # files b.nii first
-    assert list(m.starts) == [0, 8, 16]
-    assert m.shift([(8, 3)])
-    assert m.candidates("c.nii") == [19]
-
-
-def test_deferred_blocks_are_filed_once_they_grow_large() -> None:
-    m = _paths.PathOffsets()
-    block = b"".join(b"p%06d,x\n" % i for i in range(_paths._DEFER_LIMIT // 10 + 1))
-    m.defer_plain_lines(block, 0, 0)
-    assert not m.deferred and len(m.starts) == block.count(b"\n")
-
-
-def test_a_batch_of_lookups_files_the_deferred_rows() -> None:
-    m = _paths.PathOffsets()
-    m.defer_plain_lines(b"a.nii,1\n", 0, 0)
-    for _ in range(_paths._LOOKUPS_BEFORE_FILING):
-        assert m.candidates("b.nii") == []
-    assert m.deferred
-    assert m.candidates("b.nii") == []
-    assert not m.deferred

@@ -22,14 +22,6 @@ sort wait in ``fresh`` (a dict of full hashes), which is sorted in when it
 grows. Rows are added in bulk from blocks of plain lines
 (:meth:`PathOffsets.add_plain_lines`, C-speed operations per block) or one
 by one (:meth:`PathOffsets.add`).
-
-Filing rows costs about a microsecond each, and a writer that appends one
-row must first take in the rows other processes appended since its last
-write -- while it holds the lock that all of them wait for. So those blocks
-can be filed later instead (:meth:`PathOffsets.defer_plain_lines`): until
-then, a lookup only has to make sure that the path's bytes do not occur in
-them (a C-speed substring search), and the writer files them once it has
-released the lock (:meth:`PathOffsets.file_deferred`).
 """
 
 from __future__ import annotations
@@ -50,8 +42,6 @@ _HASH_MASK = (1 << _HASH_BITS) - 1
 _GAP = 0xFFFFFFFF  # in ``pending``: a row kept elsewhere (no 24-bit hash is this)
 _GAP_BYTES = array("I", [_GAP]).tobytes()
 _SEARCHES_BEFORE_SORT = 1  # lookups that search ``pending`` before it is sorted
-_DEFER_LIMIT = 1 << 16  # bytes of deferred blocks beyond which they are filed at once
-_LOOKUPS_BEFORE_FILING = 4  # lookups that search deferred blocks before they are filed
 
 
 def _fields(lines: list[bytes], column: int) -> Iterable[bytes]:
@@ -85,10 +75,7 @@ class PathOffsets:
     []
     """
 
-    __slots__ = (
-        "deferred", "deferred_bytes", "deferred_lookups", "fresh", "keys", "pending",
-        "pending_first", "searches", "starts",
-    )
+    __slots__ = ("fresh", "keys", "pending", "pending_first", "searches", "starts")
 
     def __init__(self) -> None:
         self.starts = array("Q")  # row number -> offset
@@ -97,40 +84,13 @@ class PathOffsets:
         self.pending_first = 0
         self.searches = 0  # lookups that searched ``pending``
         self.fresh: dict[int, int | list[int]] = {}  # full hash -> row number(s), not in keys
-        self.deferred: list[tuple[bytes, int, int]] = []  # add_plain_lines' arguments, to do
-        self.deferred_bytes = 0
-        self.deferred_lookups = 0  # lookups that searched them
 
     def __len__(self) -> int:
         """How many rows are mapped."""
-        if self.deferred:
-            self.file_deferred()
         return len(self.starts)
-
-    def defer_plain_lines(self, block: bytes, offset: int, column: int) -> None:
-        """:meth:`add_plain_lines`, done by :meth:`file_deferred` or when needed.
-
-        Every other method files the deferred blocks first (rows are kept in
-        file order), except :meth:`candidates`, which files them only if
-        the path's bytes occur in one of them (or after a few lookups: a
-        batch of them costs more than filing).
-        """
-        self.deferred.append((block, offset, column))
-        self.deferred_bytes += len(block)
-        if self.deferred_bytes > _DEFER_LIMIT:
-            self.file_deferred()
-
-    def file_deferred(self) -> None:
-        """File the blocks :meth:`defer_plain_lines` kept aside."""
-        deferred, self.deferred, self.deferred_bytes = self.deferred, [], 0
-        self.deferred_lookups = 0
-        for block, offset, column in deferred:
-            self.add_plain_lines(block, offset, column)
 
     def add(self, path: str, offset: int) -> None:
         """Record that the row at ``offset`` holds ``path``."""
-        if self.deferred:
-            self.file_deferred()
         row = len(self.starts)
         self.starts.append(offset)
         h = path_hash(path.encode())
@@ -151,8 +111,6 @@ class PathOffsets:
         lines are no records. The work per line is done by C functions
         mapped over the block's lines.
         """
-        if self.deferred:
-            self.file_deferred()
         lines = block.split(b"\n")
         if not lines[-1]:
             lines.pop()  # the block ends with a line end
@@ -201,8 +159,6 @@ class PathOffsets:
         ``starts`` increases and each row is found by bisection. Returns
         False, changing nothing, if an offset is not the start of a row.
         """
-        if self.deferred:
-            self.file_deferred()
         starts = self.starts
         bounds = []
         for offset, _ in moves:
@@ -223,8 +179,6 @@ class PathOffsets:
 
         Sorting works in place, and merges the sorted runs it finds.
         """
-        if self.deferred:
-            self.file_deferred()
         keys = self.keys
         before = len(keys)
         for h, rows in self.fresh.items():
@@ -248,18 +202,9 @@ class PathOffsets:
 
     def candidates(self, path: str) -> list[int]:
         """Offsets of the rows that may hold ``path``: check each row's path."""
-        encoded = path.encode()
-        if self.deferred:
-            # Filed at once if the path may be there (else no deferred row holds
-            # it: a field is bytes of its line), or for a batch of lookups.
-            self.deferred_lookups += 1
-            if self.deferred_lookups > _LOOKUPS_BEFORE_FILING or any(
-                encoded in block for block, _, _ in self.deferred
-            ):
-                self.file_deferred()
         if self.pending and self.searches >= _SEARCHES_BEFORE_SORT:
             self.sort()
-        h = path_hash(encoded)
+        h = path_hash(path.encode())
         rows = self.fresh.get(h)
         starts = self.starts
         found = (

@@ -268,10 +268,9 @@ def _read_appended(
         return False
     data = data[known:]
     column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
-    # The lock is held: the paths of plain rows are filed once it is released.
     size, lines, eol = _check_rows(
         io.BytesIO(data), state.size, state.lines, len(state.header.columns), state.paths, column,
-        "\n", st.st_size, later=True,
+        "\n", st.st_size,
     )
     state.size = size
     state.lines = lines
@@ -361,23 +360,20 @@ def _check_rows(
     column: int | None,
     eol: str,
     end: int,
-    later: bool = False,
 ) -> tuple[int, int, str]:
     """Check the records from ``stream`` (at ``offset``, after ``line`` lines) to ``end``.
 
     Plain rows are checked in bulk (:func:`._table.skim`, C speed), the rest
-    parsed; their paths are mapped if asked (those of plain rows ``later``:
-    :meth:`.PathOffsets.defer_plain_lines`). ``eol`` ends the line before
+    parsed; their paths are mapped if asked. ``eol`` ends the line before
     ``offset``. Returns the end's offset and line count, and the last line's
     terminator ("" if it has none).
     """
     each = None
     if paths is not None and column is not None:
-        file_block = paths.defer_plain_lines if later else paths.add_plain_lines
-        at = column
+        mapped, at = paths, column
 
         def each(block: bytes, start: int) -> None:
-            file_block(block, start, at)
+            mapped.add_plain_lines(block, start, at)
 
     start = offset
     offset, line, skimmed_eol = skim(stream, offset, line, ncols, each)
