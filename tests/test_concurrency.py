@@ -152,9 +152,9 @@ def test_processes_find_the_rows_others_appended_just_before(tmp_path: Path) -> 
 
     Each of 3 processes, before each of its appends, writes the row the next
     process appended last once more, unchanged (``replace_existing``): that
-    row was often appended since this process last held the lock, and a
-    writer files the paths of such rows only after letting the lock go. If
-    the lookup missed it, the row would be appended a second time.
+    row was often appended since this process last held the lock, so the
+    writer takes it in just before looking the path up. If the lookup missed
+    it, the row would be appended a second time.
     """
     index = str(tmp_path / "index.csv")
     IndexWriter(index).write_entry("first", context_for("first"))  # every column, once
