@@ -42,7 +42,7 @@ from _workers import (
     stray_temp_files,
     write_range,
 )
-from index_writer import IndexWriter
+from index_writer import IndexWriter, _files
 
 FORK = multiprocessing.get_context("fork")
 
@@ -499,6 +499,45 @@ def _recover_in_fresh_process(index: str, tag: str) -> None:
     child.start()
     child.join(30)
     assert child.exitcode == 0
+
+
+def _append_in_capped_writes_and_die_after_the_first(index: str, cap: int) -> None:
+    """Append a batch as the kernel would with ``cap`` bytes per write; end before the second.
+
+    Linux takes at most :data:`._files.MAX_WRITE` bytes (2 GiB) per ``write``:
+    here the cap, and so the size of the batch, is made small.
+    """
+    _files.MAX_WRITE = cap
+    real_write, calls = os.write, []
+
+    def capped(fd: int, data: bytes | memoryview) -> int:
+        calls.append(len(data))
+        if len(calls) == 2:
+            os._exit(9)  # as a kill between the two writes would
+        return real_write(fd, memoryview(data)[:cap])
+
+    os.write = capped  # type: ignore[assignment]
+    rows = [(entry_path("big", i), {"subject": "x" * 1000}) for i in range(3 * cap // 1000)]
+    IndexWriter(index).write_entries(rows)
+
+
+def test_an_append_larger_than_one_write_killed_between_its_writes_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """The first write of a 2 GiB append ends on a 4 KiB boundary, so a kill after it is undone."""
+    index, before = _index_with_rows(tmp_path)
+    assert len(before) % 4096, "the append must not start on a page boundary"
+    child = FORK.Process(target=_append_in_capped_writes_and_die_after_the_first,
+                         args=(index, 3 * 4096))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 9
+    torn = Path(index).read_bytes()
+    assert len(before) < len(torn) <= len(before) + 3 * 4096
+    _recover_in_fresh_process(index, "next")
+    after = Path(index).read_bytes()
+    assert after.startswith(before + entry_path("next", 0).encode())
+    assert after.endswith(b"\n") and after.count(b"\n") == before.count(b"\n") + 1
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.5, 0.99])

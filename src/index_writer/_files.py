@@ -43,19 +43,36 @@ logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
+#: The most bytes one ``write`` takes on Linux; an append larger than this is
+#: made of several writes.
+MAX_WRITE = 0x7FFFF000
+#: Those writes end where the file's offsets are multiples of this (the crash
+#: journal's :data:`._journal.HEAD`): a kill between two of them then leaves
+#: the file ending where a kill inside one write may leave it, an end the
+#: journal can prove is part of the append (and the append is rolled back).
+PIECE_ALIGN = 4096
+
 
 def append(fd: int, data: bytes, size_before: int, durable: bool) -> None:
     """Append ``data`` to the file open as ``fd`` (``O_APPEND``), or nothing.
 
     Commit: one :func:`os.write` of all the bytes (looping only if the OS
-    accepts part of them), then ``fsync`` if ``durable``.
+    accepts part of them; beyond :data:`MAX_WRITE` bytes, several, each
+    ending on a multiple of :data:`PIECE_ALIGN`), then ``fsync`` if ``durable``.
     Rollback: on any failure the file is truncated back to ``size_before`` and
     the exception re-raised, so no partial row is ever left behind.
     """
     try:
-        written = os.write(fd, data)
-        if written != len(data):  # the rest, or the reason it does not fit
-            write_all(fd, memoryview(data)[written:])
+        if len(data) <= MAX_WRITE:
+            written = os.write(fd, data)
+            if written != len(data):  # the rest, or the reason it does not fit
+                write_all(fd, memoryview(data)[written:])
+        else:
+            view, at = memoryview(data), size_before
+            while view:
+                piece = MAX_WRITE - at % PIECE_ALIGN  # ends on a multiple of PIECE_ALIGN
+                write_all(fd, view[:piece])
+                view, at = view[piece:], at + piece
         if durable:
             os.fsync(fd)
     except BaseException:

@@ -85,8 +85,9 @@ _FINISHED = b"F"
 _DONE = b"D"
 
 #: An append's record carries its first bytes, and a CRC-32 of each later chunk
-#: of this size, so a rollback can prove the bytes it removes are ours.
-HEAD = 4096
+#: of this size, so a rollback can prove the bytes it removes are ours. (The
+#: writes of one append end on multiples of it: :func:`._files.append`.)
+HEAD = _files.PIECE_ALIGN
 
 #: How much of the journal is read at once; larger records (big appends) are
 #: read whole when this is not enough.
