@@ -403,6 +403,85 @@ def test_indexes_sharing_a_lock_file_keep_their_crash_records_apart(other: str) 
         assert Path(a).read_bytes() == before + b"next,1\n"
 
 
+def _index_with_two_journals(d: Path) -> tuple[str, str]:
+    """An index whose first writer (root) keeps its journal next to it; then shared.
+
+    Made writable by everyone afterwards (as on a shared cluster), the index
+    is written by users who may not write that journal: they keep theirs
+    next to the lock file. Returns the index and the lock file.
+    """
+    (d / "a").mkdir(mode=0o755)  # not writable by the other users
+    (d / "locks").mkdir()
+    (d / "locks").chmod(0o777)
+    index, lock = str(d / "a" / "index.csv"), str(d / "locks" / "l")
+    _system.in_child(_write_in, index, lock, "first", False)
+    for f in (index, lock):
+        os.chmod(f, 0o666)
+    assert os.path.exists(_internals.journal_path(index))
+    return index, lock
+
+
+def _record_in_journal_beside_lock(index: str, lock: str, offset: int, data: bytes) -> None:
+    """As a user's writer killed after recording an append (and before writing) leaves it."""
+    st = os.stat(index)
+    _internals.write_journal_file(
+        _internals.journal_beside_lock(lock, index),
+        *_internals.append_record(st.st_dev, st.st_ino, offset, data),
+    )
+
+
+def test_a_stale_record_in_the_other_journal_spares_a_row_acknowledged_since() -> None:
+    """A record beside the lock file, left by a user's writer killed before it wrote a byte.
+
+    The task is retried by root (whose journal is next to the index) entry by
+    entry: its first row, acknowledged, starts where the stale record's batch
+    would have, with the same bytes. Neither a reader nor the user's next
+    writer may take that row for the start of the torn batch.
+    """
+    _system.need_root()
+    with _system.shared_directory() as d:
+        index, lock = _index_with_two_journals(d)
+        before = Path(index).read_bytes()
+        batch = b"".join(b"task/%04d,1\n" % i for i in range(500))  # crosses a page
+        _system.in_child(_record_in_journal_beside_lock, index, lock, len(before), batch,
+                         uid=_system.NOBODY)
+        _system.in_child(_write_in, index, lock, "task/0000", False)  # the retry, root
+        acknowledged = before + b"task/0000,1\n"
+        assert Path(index).read_bytes() == acknowledged
+        rows = IndexWriter(index, lock_path=lock).read_rows()
+        assert [r["path"] for r in rows] == ["first", "task/0000"]
+        _system.in_child(_write_in, index, lock, "other", False, uid=_system.NOBODY)
+        assert Path(index).read_bytes() == acknowledged + b"other,1\n"
+
+
+def test_a_torn_append_in_the_other_journal_is_undone_when_ours_is_stale() -> None:
+    """Root's journal holds a stale record whose append would end where the file now ends.
+
+    A user's writer (journal beside the lock file) was killed in the middle
+    of a batch at the same offset, exactly there. Root's next writer must
+    not take the file's end for its own record's doing: it rolls the torn
+    batch back.
+    """
+    _system.need_root()
+    with _system.shared_directory() as d:
+        index, lock = _index_with_two_journals(d)
+        before = Path(index).read_bytes()
+        page_end = 4096 * (len(before) // 4096 + 2)
+        st = os.stat(index)
+        stale = b"x" * (page_end - len(before))
+        _internals.write_journal_file(
+            _internals.journal_path(index),
+            *_internals.append_record(st.st_dev, st.st_ino, len(before), stale),
+        )
+        batch = b"".join(b"user/%04d,1\n" % i for i in range(1000))
+        _system.in_child(_record_in_journal_beside_lock, index, lock, len(before), batch,
+                         uid=_system.NOBODY)
+        with open(index, "ab") as f:
+            f.write(batch[: page_end - len(before)])  # where the kill stopped the write
+        _system.in_child(_write_in, index, lock, "next", False)
+        assert Path(index).read_bytes() == before + b"next,1\n"
+
+
 # --------------------------------------------- SIGKILL inside one big write
 
 

@@ -55,6 +55,7 @@ import socket
 import stat
 import time
 import zlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _files, _platform
@@ -66,6 +67,7 @@ __all__ = [
     "Record",
     "append_record",
     "cut_utf8_tail",
+    "finished_at_end",
     "finished_record",
     "journal_beside_lock",
     "journal_name",
@@ -74,7 +76,9 @@ __all__ = [
     "read_journal",
     "recover",
     "rewrite_record",
+    "superseded",
     "torn_append_start",
+    "void_journal_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -294,12 +298,19 @@ def _who() -> str:
     return f'{_WHO[0]},"time":{time.time():.3f}'
 
 
-def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int | None:
+def torn_append_start(
+    record: Record | None,
+    fd: int,
+    st: os.stat_result,
+    others: Iterable[Record | None] = (),
+) -> int | None:
     """Where the append a crash cut short starts, if the file open as ``fd`` shows one.
 
     Only when ``record`` is an append to this very file (``st``), the file has
     grown past its offset but not by its whole length, and those bytes are
-    provably the start of it. None otherwise.
+    provably the start of it. None otherwise, and also when ``others`` (what
+    the index's journal in its other place holds) shows the record stale
+    (:func:`superseded`).
     """
     if record is None or record.op != "append" or record.finished:
         return None
@@ -309,6 +320,8 @@ def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int
         return None
     if not (isinstance(start, int) and start < st.st_size < start + length):
         return None
+    if superseded(record, others, st):
+        return None
     if not _is_ours(fd, start, st.st_size, record.head, info.get("crc_pages", [])):
         logger.warning(
             "not undoing the write cut short by a crash at byte %d: "
@@ -317,6 +330,41 @@ def torn_append_start(record: Record | None, fd: int, st: os.stat_result) -> int
         )
         return None
     return start
+
+
+def finished_at_end(record: Record | None, st: os.stat_result) -> bool:
+    """Whether ``record`` is a finished append to the file ``st`` describes, ending it."""
+    if record is None or not record.finished:
+        return False
+    info = record.info
+    return (info.get("dev"), info.get("ino")) == (st.st_dev, st.st_ino) and info.get(
+        "offset", -1
+    ) + info.get("length", 0) == st.st_size
+
+
+def superseded(record: Record, others: Iterable[Record | None], st: os.stat_result) -> bool:
+    """Whether a finished append among ``others`` shows the active ``record`` stale.
+
+    An index's journal may be kept in two places (next to the index, and
+    next to the lock file for a writer that may not write the first), so a
+    record in one may be older than one in the other. An append to the file
+    that finished where the file ends, or that started at or after the
+    record's offset, came after it: the next lock holder undoes a torn
+    append before it appends. The record's writer is gone and what it left
+    was dealt with, and the bytes at its offset are now rows that were
+    acknowledged.
+    """
+    offset = record.info.get("offset", -1)
+    for other in others:
+        if other is not None and other.finished and (
+            finished_at_end(other, st)
+            or (
+                (other.info.get("dev"), other.info.get("ino")) == (st.st_dev, st.st_ino)
+                and other.info.get("offset", -1) >= offset
+            )
+        ):
+            return True
+    return False
 
 
 def _is_ours(fd: int, start: int, size: int, head: bytes, crcs: list[int]) -> bool:
@@ -349,21 +397,26 @@ def _page_ends(begin: int, stop: int) -> range:
 
 
 def recover(
-    journal: Journal | None, record: Record | None, index_fd: int, st: os.stat_result,
+    void: Callable[[], object],
+    record: Record | None,
+    index_fd: int,
+    st: os.stat_result,
     where: str,
+    others: Iterable[Record | None] = (),
 ) -> bool:
     """Undo what a writer that died with the lock left unfinished.
 
-    ``record`` is what ``journal`` holds (:meth:`Journal.read`; ``journal``
-    None: read from a journal this process may not write, left as it is),
-    ``index_fd`` the index, open for writing, and ``st`` its ``fstat``. A
-    torn append is truncated away; a rewrite's temporary file is removed.
-    Returns whether the index itself changed.
+    ``record`` is what a journal of the index holds, ``void`` marks it done
+    there, ``others`` is what the index's journal in its other place holds
+    (see :func:`torn_append_start`), ``index_fd`` the index, open for
+    writing, and ``st`` its ``fstat``. A torn append is truncated away; a
+    rewrite's temporary file is removed. Returns whether the index itself
+    changed.
     """
     if record is None:
         return False
     changed = False
-    start = torn_append_start(record, index_fd, st)
+    start = torn_append_start(record, index_fd, st, others)
     if start is not None:
         os.ftruncate(index_fd, start)
         changed = True
@@ -394,17 +447,35 @@ def recover(
         except OSError as e:
             logger.warning("could not remove %s, left by a crashed rewrite: %s", temp, e)
     ours = (record.info.get("dev"), record.info.get("ino")) == (st.st_dev, st.st_ino)
-    if journal is not None and (
-        record.op == "rewrite" or changed or (ours and not record.finished)
-    ):
+    if record.op == "rewrite" or changed or (ours and not record.finished):
         # Seen by the lock's holder, an active record of an append to this
         # file has lost its writer: the append was undone here, or is whole,
-        # or wrote nothing, or cannot be told from what others wrote since.
-        # Void it, so that it is not matched against rows appended later. (A
-        # record for another file stays: a journal kept next to a shared lock
-        # file may be another index's.)
-        journal.mark_done()
+        # or wrote nothing, or is stale, or cannot be told from what others
+        # wrote since. Void it, so that it is not matched against rows
+        # appended later. (A record for another file stays: a journal kept
+        # next to a shared lock file may be another index's.)
+        void()
     return changed
+
+
+def void_journal_file(path: str) -> None:
+    """Mark the record in the journal file at ``path`` done, if this process may write it.
+
+    For the index's journal in its other place (:func:`open_journal`),
+    which may be another user's: one this process may not write keeps its
+    record (:func:`superseded` tells it stale once it is).
+    """
+    try:
+        fd = _open_existing(path)
+    except OSError as e:
+        logger.debug("cannot void the crash journal %s: %s", path, e)
+        return
+    try:
+        _files.write_all(fd, MAGIC + _DONE, 0)
+    except OSError as e:  # pragma: no cover - needs a failing pwrite
+        logger.warning("could not update the crash journal %s: %s", path, e)
+    finally:
+        os.close(fd)
 
 
 def _is_temp_of(temp: str, index: str) -> bool:

@@ -473,8 +473,10 @@ def _open_for_read(s: Session, lock_path: str, files: list[io.FileIO]) -> bool:
     st = os.fstat(fd)
     s.fd, s.st = fd, st
     s.end = st.st_size
-    for journal in {journal_path(s.path), journal_beside_lock(lock_path, s.path)}:
-        start = torn_append_start(read_journal(journal), fd, st)
+    records = [read_journal(journal)
+               for journal in {journal_path(s.path), journal_beside_lock(lock_path, s.path)}]
+    for record in records:
+        start = torn_append_start(record, fd, st, records)
         if start is not None:
             s.end = min(s.end, start)
     cut = cut_utf8_tail(fd, s.end)  # a character cut by a crash, and no journal said so

@@ -216,12 +216,17 @@ def recover(s: Session) -> _journal.Record | None:
     """
     assert s.journal is not None and s.st is not None
     record = s.journal.read()
-    changed = _journal.recover(s.journal, record, s.fd, s.st, s.path)
-    other = s.slot.other_journal
-    if not changed and other and not _explained_by(record, s.st):
-        # The end of the file is not our journal's doing: a writer that could
-        # not use ours may have kept its journal in the other place.
-        changed = _journal.recover(None, _journal.read_journal(other), s.fd, s.st, s.path)
+    other_path = s.slot.other_journal
+    other = None
+    if other_path and not _journal.finished_at_end(record, s.st):
+        # The end of the file is not known to be our journal's doing: a writer
+        # that could not use ours may have kept its journal in the other place.
+        other = _journal.read_journal(other_path)
+    changed = _journal.recover(s.journal.mark_done, record, s.fd, s.st, s.path, (other,))
+    if not changed and other is not None:
+        changed = _journal.recover(
+            lambda: _journal.void_journal_file(other_path), other, s.fd, s.st, s.path, (record,)
+        )
     if changed:
         s.st = os.fstat(s.fd)
         s.slot.state = None
@@ -306,16 +311,6 @@ def _one_append_since(
     ):
         return None
     return before == state.mtime_ns and after == st.st_mtime_ns
-
-
-def _explained_by(record: _journal.Record | None, st: os.stat_result) -> bool:
-    """Whether ``record`` is a finished append by our writers ending the file."""
-    if record is None or record.op != "append":
-        return False
-    info = record.info
-    return (info.get("dev"), info.get("ino")) == (st.st_dev, st.st_ino) and info.get(
-        "offset", -1
-    ) + info.get("length", 0) == st.st_size
 
 
 def _load(fd: int, st: os.stat_result, paths_column: str | None) -> IndexState:
