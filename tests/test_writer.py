@@ -891,3 +891,22 @@ def test_a_file_of_blank_lines_gets_its_header_on_the_first_line(
     assert index.read_bytes() == bom + b"path,subject" + eol + b"a.nii,s1" + eol
     with open(index, newline="", encoding="utf-8-sig") as f:
         assert list(csv.DictReader(f)) == [{"path": "a.nii", "subject": "s1"}]
+
+
+def test_setting_the_paths_redirects_later_calls_as_in_the_original(tmp_path: Path) -> None:
+    w = IndexWriter(tmp_path / "a.csv")
+    w.write_entry("x1", {"v": 1})
+    w.index_path = tmp_path / "b.csv"
+    assert w.lock_path == tmp_path / "a.csv.lock"  # the lock file stays
+    w.write_entry("x2", {"v": 2})
+    w.lock_path = None  # the new index's own
+    assert w.lock_path == tmp_path / "b.csv.lock"
+    w.write_entry("x3", {"v": 3})
+    assert (tmp_path / "a.csv").read_text() == "path,v\nx1,1\n"
+    assert (tmp_path / "b.csv").read_text() == "path,v\nx2,2\nx3,3\n"
+    with pytest.raises(ValueError, match="must not be the index itself"):
+        w.lock_path = tmp_path / "b.csv"
+    with pytest.raises(ValueError, match="must not be empty"):
+        w.index_path = ""
+    assert w.index_path == tmp_path / "b.csv"  # unchanged by a refused value
+    assert pickle.loads(pickle.dumps(w)).index_path == tmp_path / "b.csv"

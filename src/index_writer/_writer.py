@@ -131,28 +131,57 @@ class IndexWriter:
         timeout: float | None = None,
         durable: bool = False,
     ) -> None:
+        self._set_paths(index_path, lock_path)
+        self.timeout: float | None = _check_timeout(timeout)
+        self.durable: bool = bool(durable)
+
+    def _set_paths(
+        self, index_path: str | os.PathLike[str], lock_path: str | os.PathLike[str] | None
+    ) -> None:
+        """Check and set both paths (relative ones resolved against the working directory)."""
         if isinstance(lock_path, str) and not lock_path:
             lock_path = None  # as the original takes it: ``lock_path or <default>``
         for what, value in (("index_path", index_path), ("lock_path", lock_path)):
             if value is not None and not as_path_str(value, what):
                 raise ValueError(f"{what} must not be empty")
-        self.index_path: Path = Path(as_path_str(index_path, "index_path"))
-        self.lock_path: Path = (
+        index = Path(as_path_str(index_path, "index_path"))
+        lock = (
             Path(as_path_str(lock_path, "lock_path"))
             if lock_path is not None
-            else self.index_path.with_suffix(self.index_path.suffix + ".lock")
+            else index.with_suffix(index.suffix + ".lock")
         )
-        self.timeout: float | None = _check_timeout(timeout)
-        self.durable: bool = bool(durable)
-        self._index = os.path.abspath(self.index_path)
-        self._lock_abs = os.path.abspath(self.lock_path)
-        if os.path.normcase(self._lock_abs) == os.path.normcase(self._index) or _same_existing(
-            self._lock_abs, self._index
+        index_abs, lock_abs = os.path.abspath(index), os.path.abspath(lock)
+        if os.path.normcase(lock_abs) == os.path.normcase(index_abs) or _same_existing(
+            lock_abs, index_abs
         ):
             raise ValueError(
-                f"lock_path must not be the index itself ({self.index_path}): "
+                f"lock_path must not be the index itself ({index}): "
                 "closing the index would release the lock"
             )
+        self._index_path, self._lock_path = index, lock
+        self._index, self._lock_abs = index_abs, lock_abs
+
+    @property
+    def index_path(self) -> Path:
+        """The index file, as given.
+
+        May be set, as with the original: later calls use the new file (the
+        lock file stays the same). A relative path is resolved when set.
+        """
+        return self._index_path
+
+    @index_path.setter
+    def index_path(self, value: str | os.PathLike[str]) -> None:
+        self._set_paths(value, self._lock_path)
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file. May be set (None or ``""``: the index's default)."""
+        return self._lock_path
+
+    @lock_path.setter
+    def lock_path(self, value: str | os.PathLike[str] | None) -> None:
+        self._set_paths(self._index_path, value)
 
     def __repr__(self) -> str:
         return (
@@ -170,10 +199,16 @@ class IndexWriter:
         the original's attributes: it becomes a writer of the same index and
         lock file, set up as if created there.
         """
-        if "_index" in state:
+        if "_index_path" in state:
             self.__dict__.update(state)
         else:
-            IndexWriter.__init__(self, state["index_path"], state.get("lock_path"))
+            IndexWriter.__init__(
+                self,
+                state["index_path"],
+                state.get("lock_path"),
+                timeout=state.get("timeout"),
+                durable=state.get("durable", False),
+            )
 
     def __enter__(self) -> IndexWriter:
         return self
