@@ -696,6 +696,35 @@ def test_a_same_tick_rewrite_after_another_writers_append_is_noticed(tmp_path: P
         _same_tick_rewrite_after_another_writers_append(mnt / "index.csv")
 
 
+def _sort_columns_in_place_keeping_the_time(index: str, mtime_ns: int) -> None:
+    """What med-imagetools' writer does to an index (same size here), in the same clock tick."""
+    with open(index, newline="") as f:
+        header, *records = list(csv.reader(f))
+    order = sorted(range(len(header)), key=header.__getitem__)
+    with open(index, "r+", newline="") as f:  # in place: same file
+        out = csv.writer(f, lineterminator="\n")
+        for record in [header, *records]:
+            out.writerow([record[i] for i in order])
+    os.utime(index, ns=(mtime_ns, mtime_ns))
+
+
+def test_a_same_size_rewrite_in_the_tick_of_our_own_append_is_noticed(tmp_path: Path) -> None:
+    # Where file times tick coarsely (ramfs here), med-imagetools' writer
+    # sorting the columns in place right after our append (same size, same
+    # tick: made exact with utime) leaves size and time as our append left
+    # them. The next append must still follow the new header.
+    with _system.ramfs(tmp_path / "ramfs") as mnt:
+        index = mnt / "index.csv"
+        w = IndexWriter(index)
+        w.write_entry("p1", {"z": "Z1", "a": "A1"})
+        mtime = index.stat().st_mtime_ns
+        _system.in_child(_sort_columns_in_place_keeping_the_time, str(index), mtime)
+        assert index.read_text() == "a,path,z\nA1,p1,Z1\n"
+        w.write_entry("p2", {"z": "Z2", "a": "A2"})
+        assert index.read_text() == "a,path,z\nA1,p1,Z1\nA2,p2,Z2\n"
+        w.close()
+
+
 def test_a_filesystem_mounted_where_another_was_is_judged_afresh(tmp_path: Path) -> None:
     # A writer on a tmpfs (whose times tell quick changes apart here) is
     # closed, the tmpfs unmounted and a ramfs mounted in its place: Linux

@@ -56,6 +56,11 @@ logger = logging.getLogger(__name__)
 #: a rewrite by another program before trusting what we know about the file.
 HEAD_BYTES = 256
 TAIL_BYTES = 64
+#: Where a file's times move with a clock tick, a change in the tick of the
+#: last one seen goes unseen; once its time is this much older than the
+#: clock, a later change would show (ticks are at most a second, even for
+#: NFS servers with whole-second times).
+_SETTLED_NS = 2_000_000_000
 
 
 class IndexState:
@@ -85,6 +90,10 @@ class IndexState:
         ``(columns, line terminator)`` as an immutable pair, replaced (never
         changed) when the header changes: what a write planned before taking
         the lock checks it planned for.
+    settled : bool
+        The file was last seen unchanged, with its first bytes as known, long
+        enough after its modification time that a change since would show in
+        the time even where times move with a clock tick.
     """
 
     __slots__ = (
@@ -99,6 +108,7 @@ class IndexState:
         "paths",
         "paths_column",
         "schema",
+        "settled",
         "size",
         "tail",
     )
@@ -129,6 +139,7 @@ class IndexState:
         self.tail = tail
         self.paths_column = paths_column
         self.paths = paths
+        self.settled = False
 
     def unchanged(self, st: os.stat_result) -> bool:
         """Whether ``st`` shows the very file this state describes, untouched."""
@@ -149,6 +160,7 @@ class IndexState:
         """Advance past ``data`` (``text`` encoded), just appended by us."""
         self.size += len(data)
         self.mtime_ns = mtime_ns
+        self.settled = False
         self.lines += count_lines(text)
         self.ends_clean = True
         self._note_bytes(data)
@@ -179,8 +191,11 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
     slot = s.slot
     state = slot.state
     assert s.st is not None and s.journal is not None
-    if state is not None and state.unchanged(s.st) and (
-        paths_column is None or state.paths_column == paths_column
+    if (
+        state is not None
+        and state.unchanged(s.st)
+        and (paths_column is None or state.paths_column == paths_column)
+        and (s.st.st_dev == s.journal.fine_times_dev or _first_bytes_unchanged(s.fd, state))
     ):
         return state
     slot.state = None  # kept again only once up to date
@@ -207,6 +222,22 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
     assert state is not None
     slot.state = state
     return state
+
+
+def _first_bytes_unchanged(fd: int, state: IndexState) -> bool:
+    """Whether the file's first bytes are still as ``state`` knows them (coarse times).
+
+    Where times move with a clock tick, another program's rewrite to the same
+    size within the tick of the last change seen (med-imagetools' writer,
+    sorting the columns) leaves size and time as they were: the header is
+    read again, unless the state is settled (see :attr:`IndexState.settled`).
+    """
+    if state.settled:
+        return True
+    if _platform.pread(fd, len(state.head), 0) != state.head:
+        return False
+    state.settled = time.time_ns() - state.mtime_ns > _SETTLED_NS
+    return True
 
 
 def recover(s: Session) -> _journal.Record | None:
@@ -281,6 +312,7 @@ def _read_appended(
     state.lines = lines
     state.ends_clean = eol != ""
     state.mtime_ns = st.st_mtime_ns
+    state.settled = False
     state._note_bytes(data)
     return True
 
