@@ -613,7 +613,10 @@ def syscalls_table(data: Data, docs: str) -> str:
         "index-writer's `newfstatat` on the lock file is not made per write: a writer "
         f"checks that its lock file is still the one at its path at most every {RECHECK:g} s "
         "(and after waiting for the lock), so its count per write depends on how long "
-        "the writes take.",
+        "the writes take. Counted on a filesystem whose file times tell quick changes "
+        "apart (here: Linux 6.13 or later); where they move with a clock tick, a warm "
+        "write also reads the index's first bytes (one `pread64` more) until its last "
+        "change is two seconds old.",
         "",
         sc["markdown"],
     ])
@@ -633,7 +636,8 @@ def latency_table(data: Data, docs: str) -> str:
         f"adds {lat['delay_seconds'] * 1e3:g} ms to every filesystem operation and keeps "
         "the locks itself, as an NFS server does (`benchmarks/latency.py`; medians of "
         f"{lat['config']['repeats']}). *bare*: `lockf` on a lock file kept open around "
-        f"one `os.write`.{note}",
+        "one `os.write`. File times there move with the kernel's clock tick, so "
+        f"index-writer also reads the index's first bytes before each write.{note}",
         "",
         lat["markdown"],
     ])
