@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import fasteners
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -934,3 +935,22 @@ def test_show_columns_named_with_spaces_of_their_own(index: Path) -> None:
     r = run("show", index, "--columns", ' path , " subject"', "--format", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [{"path": "a.nii", " subject": " s1"}]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["add", "{index}", "b.nii"], ["show", "{index}"], ["check", "--dedupe", "{index}"]],
+    ids=["add", "show", "check --dedupe"],
+)
+def test_lock_path_names_the_lock_file_the_command_takes(
+    tmp_path: Path, command: list[str]
+) -> None:
+    index, lock = tmp_path / "index.csv", tmp_path / "shared.lock"
+    IndexWriter(index, lock).write_entry("a.nii", {})
+    words = [w.format(index=index) for w in command]
+    with fasteners.InterProcessLock(str(lock)):  # held here: the command must wait for it
+        waited = run(*words, "--lock-path", lock, "--timeout", "0.2")
+        assert waited.returncode == 1, waited.stderr
+        assert "lock" in waited.stderr
+        assert run(*words, "--timeout", "0.2").returncode == 0  # INDEX.lock is free
+    assert run(*words, "--lock-path", lock, "--timeout", "5").returncode == 0

@@ -10,7 +10,12 @@ from typing import Any
 from .._check import index_columns
 from .._errors import IndexSchemaMismatchError
 from .._writer import IndexWriter
-from .arguments import add_filepath_column_option, add_timeout_option, build_context
+from .arguments import (
+    add_filepath_column_option,
+    add_lock_path_option,
+    add_timeout_option,
+    build_context,
+)
 from .common import CliError, UsageError, shorten
 
 
@@ -51,6 +56,7 @@ def register(subparsers: Any) -> None:
         help="fail instead of adding new columns (merge_columns=False)",
     )
     add_filepath_column_option(add)
+    add_lock_path_option(add)
     add_timeout_option(add, "give up")
     add.add_argument(
         "--durable",
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     context = _check_words(args)
     index = Path(args.index)
     _check_target(index, args.filepath_column)
-    writer = IndexWriter(index, timeout=args.timeout, durable=args.durable)
+    writer = IndexWriter(index, args.lock_path, timeout=args.timeout, durable=args.durable)
     try:
         writer.write_entry(
             args.path,

@@ -79,6 +79,16 @@ def add_timeout_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_lock_path_option(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """Add ``--lock-path FILE`` to ``parser``; ``when`` prefixes its help."""
+    parser.add_argument(
+        "--lock-path",
+        metavar="FILE",
+        help=f"{when}the lock file the index's writers use (default: INDEX.lock; "
+        "the library's lock_path)",
+    )
+
+
 def add_filepath_column_option(parser: argparse.ArgumentParser) -> None:
     """Add ``--filepath-column NAME`` to ``parser``."""
     parser.add_argument(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._check import CheckReport, DedupeRefusedError, check_index, dedupe
-from .arguments import add_filepath_column_option, add_timeout_option
+from .arguments import add_filepath_column_option, add_lock_path_option, add_timeout_option
 from .common import CliError, UsageError, plural, require_file, say, stdout
 
 
@@ -32,6 +32,7 @@ def register(subparsers: Any) -> None:
         help="remove all but the last row of each path, and say how many",
     )
     add_filepath_column_option(check)
+    add_lock_path_option(check, "with --dedupe: ")
     add_timeout_option(check, "with --dedupe: give up")
     check.set_defaults(run=run, parser=check)
 
@@ -45,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     out = stdout()
     if args.dedupe:
         try:
-            removed = dedupe(index, filepath_column=args.filepath_column, timeout=args.timeout)
+            removed = dedupe(
+                index,
+                filepath_column=args.filepath_column,
+                lock_path=args.lock_path,
+                timeout=args.timeout,
+            )
         except DedupeRefusedError as e:
             say(e.report.render(), out)
             raise CliError(f"{index}: not de-duplicating: fix the problems above first") from None

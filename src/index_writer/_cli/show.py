@@ -14,7 +14,7 @@ from .._check import index_columns
 from .._errors import IndexReadError
 from .._state import iter_rows
 from .._writer import IndexWriter, copy_snapshot
-from .arguments import add_timeout_option, column_list
+from .arguments import add_lock_path_option, add_timeout_option, column_list
 from .common import CliError, printing, require_file, stdout
 from .output import TABLE_CELL_MAX, write_csv, write_json, write_table
 
@@ -46,6 +46,7 @@ def register(subparsers: Any) -> None:
         default="csv",
         help="output format (csv)",
     )
+    add_lock_path_option(show)
     add_timeout_option(show, "give up")
     show.set_defaults(run=run, parser=show)
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     index = Path(args.index)
     columns = _header(index)
     with tempfile.TemporaryFile(prefix="index-writer-show-") as copy:
-        copy_snapshot(IndexWriter(index, timeout=args.timeout), copy.fileno())
+        copy_snapshot(IndexWriter(index, args.lock_path, timeout=args.timeout), copy.fileno())
         size = os.fstat(copy.fileno()).st_size
 
         def rows() -> Iterator[dict[str, str]]:
