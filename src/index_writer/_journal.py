@@ -137,6 +137,10 @@ class Record:
     def op(self) -> str:
         return str(self.info.get("op", ""))
 
+    def of_file(self, st: os.stat_result) -> bool:
+        """Whether the record is about the file ``st`` describes (device and inode)."""
+        return (self.info.get("dev"), self.info.get("ino")) == (st.st_dev, st.st_ino)
+
 
 def _parse(data: bytes, where: str) -> Record | None:
     flag = data[len(MAGIC) : len(MAGIC) + 1]
@@ -316,7 +320,7 @@ def torn_append_start(
         return None
     info = record.info
     start, length = info.get("offset", -1), info.get("length", 0)
-    if (st.st_dev, st.st_ino) != (info.get("dev"), info.get("ino")):
+    if not record.of_file(st):
         return None
     if not (isinstance(start, int) and start < st.st_size < start + length):
         return None
@@ -334,12 +338,9 @@ def torn_append_start(
 
 def finished_at_end(record: Record | None, st: os.stat_result) -> bool:
     """Whether ``record`` is a finished append to the file ``st`` describes, ending it."""
-    if record is None or not record.finished:
+    if record is None or not record.finished or not record.of_file(st):
         return False
-    info = record.info
-    return (info.get("dev"), info.get("ino")) == (st.st_dev, st.st_ino) and info.get(
-        "offset", -1
-    ) + info.get("length", 0) == st.st_size
+    return bool(record.info.get("offset", -1) + record.info.get("length", 0) == st.st_size)
 
 
 def superseded(record: Record, others: Iterable[Record | None], st: os.stat_result) -> bool:
@@ -356,12 +357,8 @@ def superseded(record: Record, others: Iterable[Record | None], st: os.stat_resu
     """
     offset = record.info.get("offset", -1)
     for other in others:
-        if other is not None and other.finished and (
-            finished_at_end(other, st)
-            or (
-                (other.info.get("dev"), other.info.get("ino")) == (st.st_dev, st.st_ino)
-                and other.info.get("offset", -1) >= offset
-            )
+        if other is not None and other.finished and other.of_file(st) and (
+            finished_at_end(other, st) or other.info.get("offset", -1) >= offset
         ):
             return True
     return False
@@ -446,8 +443,7 @@ def recover(
             pass
         except OSError as e:
             logger.warning("could not remove %s, left by a crashed rewrite: %s", temp, e)
-    ours = (record.info.get("dev"), record.info.get("ino")) == (st.st_dev, st.st_ino)
-    if record.op == "rewrite" or changed or (ours and not record.finished):
+    if record.op == "rewrite" or changed or (record.of_file(st) and not record.finished):
         # Seen by the lock's holder, an active record of an append to this
         # file has lost its writer: the append was undone here, or is whole,
         # or wrote nothing, or is stale, or cannot be told from what others

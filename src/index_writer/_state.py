@@ -337,7 +337,7 @@ def _one_append_since(
     if not (
         isinstance(before, int)
         and isinstance(after, int)
-        and (info.get("dev"), info.get("ino")) == (st.st_dev, st.st_ino)
+        and record.of_file(st)
         and info.get("offset") == state.size
         and info.get("offset", 0) + info.get("length", 0) == st.st_size
     ):
