@@ -88,11 +88,14 @@ def recover(index: str | os.PathLike[str]) -> None:
 
 
 def forget_all() -> None:
-    """Drop this process's knowledge and open files of every index, as a new process has none."""
+    """Drop this process's knowledge and open files of every index, as a new process has none.
+
+    As ``IndexWriter.close`` does for one index: each closed file's identity
+    is forgotten too, since its inode number may be given to a new file.
+    """
     for slot in list(_handles._slots.values()):
         with slot.mutex:
-            slot.close_files()
-            slot.state = None
+            _handles.close_index(slot)
 
 
 def path_offsets(writer: IndexWriter, paths: Iterable[str]) -> tuple[dict[str, int | None], int]:
