@@ -516,3 +516,114 @@ def test_a_waiter_gets_its_turn_while_others_write_back_to_back(tmp_path: Path) 
             p.join(60)
     assert [p.exitcode for p in hogs] == [0, 0]
     assert max(waits) < 5, waits
+
+
+# ------------------------------------------------- reading ahead while waiting
+
+
+def _slot_of(index: str) -> Any:
+    from index_writer import _handles
+
+    hit = _handles._resolved.get(os.path.realpath(index))
+    assert hit is not None
+    return hit[0]
+
+
+def _wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def waiting_writer(lock_held_by_other_process):  # type: ignore[no-untyped-def]
+    """A writer that knows the index, then waits for a lock another process holds.
+
+    Yields the index, a function starting ``write_entry(path, {"v": value},
+    replace_existing=True)`` in a thread (returning a join function), the
+    writer's slot, and the function releasing the lock.
+    """
+    index, release = lock_held_by_other_process
+    index = str(index)
+    w = IndexWriter(index, lock_path=index + ".mine")
+    w.write_entry("first.nii", {"v": "0"}, replace_existing=True)  # maps the paths
+    w.lock_path = index + ".lock"  # the lock the other process holds
+
+    def start(path: str, value: str) -> Any:
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                w.write_entry(path, {"v": value}, replace_existing=True)
+            except BaseException as e:  # reported by join()
+                failed.append(e)
+
+        t = threading.Thread(target=run)
+        t.start()
+
+        def join() -> None:
+            t.join(60)
+            assert not t.is_alive() and not failed, failed
+
+        return join
+
+    yield index, w, start, _slot_of(index), release
+    w.close()
+
+
+def test_a_waiting_writer_maps_the_rows_appended_meanwhile(waiting_writer) -> None:  # type: ignore[no-untyped-def]
+    """Rows appended while a writer waits are read ahead, and their paths found later.
+
+    The lock holder appends two rows and part of a third; the waiting writer
+    reads the two whole rows ahead (only whole lines), the holder finishes
+    the third row and lets go. The waiter's own write then replaces the
+    third row, and a later write replaces a row it only read ahead: were the
+    rows read ahead not mapped, each would be stored twice.
+    """
+    index, w, start, slot, release = waiting_writer
+    with open(index, "ab") as f:
+        f.write(b"a.nii,1\nb.nii,2\nc.ni")
+    join = start("c.nii", "9")
+    _wait_until(lambda: slot.state is not None and slot.state.ahead is not None,
+                "the waiting writer to read ahead")
+    assert slot.state.ahead.size == len(b"a.nii,1\nb.nii,2\n")
+    with open(index, "ab") as f:
+        f.write(b"i,3\n")
+    release()
+    join()
+    assert slot.reads_ahead and slot.state.ahead is None
+    w.write_entry("a.nii", {"v": "7"}, replace_existing=True)
+    assert read_csv(index) == (
+        ["path", "v"], [["first.nii", "0"], ["a.nii", "7"], ["b.nii", "2"], ["c.nii", "9"]]
+    )
+
+
+def test_rows_read_ahead_then_changed_are_read_again(waiting_writer) -> None:  # type: ignore[no-untyped-def]
+    """Bytes read ahead that the file no longer holds under the lock are not trusted.
+
+    The holder appends a row, the waiter reads it ahead, then the holder
+    takes it back (as a failed write is rolled back) and appends another of
+    the same length. The waiter must find the new row, not the one it read
+    ahead: its replacement of the new row's path replaces it. It then stops
+    reading ahead for this index.
+    """
+    index, w, start, slot, release = waiting_writer
+    size = os.path.getsize(index)
+    with open(index, "ab") as f:
+        f.write(b"a.nii,1\n")
+    join = start("z.nii", "9")
+    _wait_until(lambda: slot.state is not None and slot.state.ahead is not None,
+                "the waiting writer to read ahead")
+    with open(index, "r+b") as f:
+        f.truncate(size)
+        f.seek(size)
+        f.write(b"q.nii,1\n")
+    release()
+    join()
+    assert not slot.reads_ahead
+    w.write_entry("q.nii", {"v": "5"}, replace_existing=True)
+    w.write_entry("a.nii", {"v": "6"}, replace_existing=True)
+    assert read_csv(index) == (
+        ["path", "v"], [["first.nii", "0"], ["q.nii", "5"], ["z.nii", "9"], ["a.nii", "6"]]
+    )

@@ -97,6 +97,10 @@ class IndexSlot:
         used.
     evicted : bool
         Closed for good and dropped from the registry: look it up again.
+    reads_ahead : bool
+        Whether a writer waiting for the lock reads the rows others append
+        meanwhile (:func:`._state.read_ahead`); turned off for good the first
+        time what it read turns out not to be what the file holds.
     """
 
     __slots__ = (
@@ -110,11 +114,13 @@ class IndexSlot:
         "opened_via",
         "other_journal",
         "path",
+        "reads_ahead",
         "state",
     )
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.reads_ahead = True
         self.opened_via = path
         self.journal_path = _journal.journal_path(path)
         self.mutex = threading.RLock()

@@ -120,16 +120,23 @@ class Session:
         self.after: Callable[[], object] | None = None
 
 
-def poll(attempt: Callable[[], bool], deadline: float | None) -> bool:
+def poll(
+    attempt: Callable[[], bool],
+    deadline: float | None,
+    idle: Callable[[], object] | None = None,
+) -> bool:
     """Call ``attempt()`` until it returns True, backing off between calls.
 
     Returns False if ``deadline`` (a :func:`time.monotonic` value) passes
-    first; None waits forever.
+    first; None waits forever. ``idle``, if given, is called after each
+    failed attempt, before sleeping: work the caller can do while it waits.
     """
     delay = POLL_DELAY
     while True:
         if attempt():
             return True
+        if idle is not None:
+            idle()
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -139,7 +146,9 @@ def poll(attempt: Callable[[], bool], deadline: float | None) -> bool:
         delay = min(delay * 2, POLL_MAX_DELAY)
 
 
-def _wait(fd: int, exclusive: bool, deadline: float | None) -> bool:
+def _wait(
+    fd: int, exclusive: bool, deadline: float | None, idle: Callable[[], object] | None = None
+) -> bool:
     """Wait for the ``lockf`` lock on ``fd`` and take it; False at the deadline.
 
     The lock is polled (:func:`poll`), with or without a deadline, rather
@@ -149,9 +158,9 @@ def _wait(fd: int, exclusive: bool, deadline: float | None) -> bool:
     time writing instead of waking each other up (see the contention
     benchmark in the performance guide). A waiter still gets its turn: the
     holder leaves the lock free between its calls while it does its
-    bookkeeping and prepares the next rows.
+    bookkeeping and prepares the next rows. ``idle``: see :func:`poll`.
     """
-    return poll(lambda: _platform.try_lock(fd, exclusive), deadline)
+    return poll(lambda: _platform.try_lock(fd, exclusive), deadline, idle)
 
 
 def _take_mutex(mutex: Any, deadline: float | None) -> None:
@@ -171,12 +180,15 @@ def run_locked(
     create: bool,
     timeout: float | None,
     step: Callable[[Session | None], _T],
+    idle: Callable[[IndexSlot], object] | None = None,
 ) -> _T:
     """Run ``step`` with the index locked; return what it returns.
 
     ``step`` gets None when the index does not exist and is not to be
     created (readers; writers with ``create=False``). Writers with
     ``create`` make the index's directory and the file if needed.
+    ``idle(slot)`` is called while a writer waits for the lock file, with
+    the index's in-process mutex held (see :func:`poll`).
 
     Raises
     ------
@@ -206,7 +218,7 @@ def run_locked(
                 if write:
                     tried = _platform.try_lock(lock.fd, True) if lock.fd >= 0 else None
                     if not (tried and time.monotonic() - lock.checked < RECHECK):
-                        _lock_lock_file(lock, slot, deadline, tried)
+                        _lock_lock_file(lock, slot, deadline, tried, idle)
                     if not _open_for_write(s, lock, lock_path, create):
                         return step(None)
                 elif not _open_for_read(s, lock_path, reader_files):
@@ -262,13 +274,19 @@ def _unlock_quietly(fd: int, path: str) -> None:
 
 
 def _lock_lock_file(
-    lock: LockFile, slot: IndexSlot, deadline: float | None, tried: bool | None = None
+    lock: LockFile,
+    slot: IndexSlot,
+    deadline: float | None,
+    tried: bool | None = None,
+    idle: Callable[[IndexSlot], object] | None = None,
 ) -> None:
     """Take the lock file's exclusive lock, on the file currently at its path.
 
     ``tried``: what the caller's own attempt on ``lock.fd`` gave (taken, or
-    busy), so it is not repeated; None if it made none.
+    busy), so it is not repeated; None if it made none. ``idle(slot)`` is
+    called between attempts while the lock is busy.
     """
+    wait_idle = None if idle is None else (lambda: idle(slot))
     while True:
         if lock.fd < 0:
             got = lock.open_and_try()
@@ -281,7 +299,7 @@ def _lock_lock_file(
         if got:
             if time.monotonic() - lock.checked < RECHECK:
                 return
-        elif not _wait(lock.fd, True, deadline):
+        elif not _wait(lock.fd, True, deadline, wait_idle):
             raise LockTimeout(_holder(lock.fd, slot))
         lock.checked = time.monotonic()
         if lock.still_at_path():

@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from . import _files, _journal, _platform
+from ._handles import IndexSlot
 from ._lock import Session
 from ._paths import PathOffsets
 from ._table import Header, Scanner, TableError, read_header, skim, too_wide
@@ -44,6 +45,7 @@ __all__ = [
     "count_lines",
     "incomplete_tail",
     "iter_rows",
+    "read_ahead",
     "recover",
     "refresh",
     "stored_record",
@@ -61,6 +63,31 @@ TAIL_BYTES = 64
 #: clock, a later change would show (ticks are at most a second, even for
 #: NFS servers with whole-second times).
 _SETTLED_NS = 2_000_000_000
+#: A writer waiting for the lock reads at most this many bytes ahead per
+#: attempt (:func:`read_ahead`), and keeps at most :data:`AHEAD_MAX` unverified.
+AHEAD_STEP = 1 << 18
+AHEAD_MAX = 1 << 24
+
+
+class Ahead:
+    """Rows read ahead, without the lock, after the end of an :class:`IndexState`.
+
+    Attributes
+    ----------
+    blocks : list[bytes]
+        The bytes read, in order: whole lines, starting at the state's size.
+    size : int
+        Their total length.
+    lines : int
+        The physical lines they hold.
+    """
+
+    __slots__ = ("blocks", "lines", "size")
+
+    def __init__(self) -> None:
+        self.blocks: list[bytes] = []
+        self.size = 0
+        self.lines = 0
 
 
 class IndexState:
@@ -94,9 +121,13 @@ class IndexState:
         The file was last seen unchanged, with its first bytes as known, long
         enough after its modification time that a change since would show in
         the time even where times move with a clock tick.
+    ahead : Ahead | None
+        Rows read (and their paths mapped) while waiting for the lock, not
+        yet found in the file under the lock (:func:`read_ahead`).
     """
 
     __slots__ = (
+        "ahead",
         "colpos",
         "dev",
         "ends_clean",
@@ -140,6 +171,7 @@ class IndexState:
         self.paths_column = paths_column
         self.paths = paths
         self.settled = False
+        self.ahead: Ahead | None = None
 
     def unchanged(self, st: os.stat_result) -> bool:
         """Whether ``st`` shows the very file this state describes, untouched."""
@@ -194,6 +226,7 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
     if (
         state is not None
         and state.unchanged(s.st)
+        and state.ahead is None
         and (paths_column is None or state.paths_column == paths_column)
         and (s.st.st_dev == s.journal.fine_times_dev or _first_bytes_unchanged(s.fd, state))
     ):
@@ -210,6 +243,8 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
                 and _read_appended(s.fd, state, s.st, record, s.journal.fine_times_dev)
             ):
                 break
+            if state is not None and state.ahead is not None and state.ahead.size < 0:
+                slot.reads_ahead = False  # what it read was not what the file holds
             state = _load(s.fd, s.st, paths_column)
             break
         except TableError as e:
@@ -303,11 +338,19 @@ def _read_appended(
     if one_append is None and _platform.pread(fd, len(state.head), 0) != state.head:
         return False
     data = data[known:]
+    start, lines, ahead = state.size, state.lines, state.ahead
+    if ahead is not None:
+        if data[: ahead.size] != b"".join(ahead.blocks):
+            ahead.size = -1  # marks the mismatch for the caller
+            return False
+        start += ahead.size
+        lines += ahead.lines
     column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
     size, lines, eol = _check_rows(
-        io.BytesIO(data), state.size, state.lines, len(state.header.columns), state.paths, column,
-        "\n", st.st_size,
+        io.BytesIO(data[start - state.size :]), start, lines, len(state.header.columns),
+        state.paths, column, "\n", st.st_size,
     )
+    state.ahead = None
     state.size = size
     state.lines = lines
     state.ends_clean = eol != ""
@@ -315,6 +358,64 @@ def _read_appended(
     state.settled = False
     state._note_bytes(data)
     return True
+
+
+def read_ahead(slot: IndexSlot) -> None:
+    """Check the rows other writers append while this one waits for the lock.
+
+    Called between attempts to take the lock file (the ``idle`` of
+    :func:`._lock.run_locked`), with the index's in-process mutex held. On a
+    busy index the lock holder keeps one core busy and the waiters sleep; a
+    waiter uses that time to read what was appended since its state, check
+    it and map its paths, so that once it holds the lock only the bytes are
+    compared (:func:`_read_appended`) instead of checked and mapped again.
+
+    Only whole plain lines are taken (see :func:`._table.skim`); nothing is
+    trusted until found unchanged under the lock. If the bytes differ (a
+    write rolled back, another program's change), the whole file is read
+    again, and the slot reads ahead no more. Errors reading leave things as
+    they were: the locked path reads and reports them.
+    """
+    state, fd = slot.state, slot.index_fd
+    if state is None or fd < 0 or not slot.reads_ahead:
+        return
+    if not state.ends_clean or not state.header.columns:
+        return
+    ahead = state.ahead or Ahead()
+    if ahead.size >= AHEAD_MAX:
+        return
+    start = state.size + ahead.size
+    try:
+        size = os.fstat(fd).st_size
+        if size <= start:
+            return
+        data = _platform.pread(fd, min(size - start, AHEAD_STEP), start)
+    except OSError:
+        return
+    data = data[: data.rfind(b"\n") + 1]
+    if not data:
+        return
+    each = None
+    paths = state.paths
+    column = state.colpos.get(state.paths_column or "") if paths is not None else None
+    if paths is not None and column is not None:
+        mapped, at = paths, column
+
+        def each(block: bytes, offset: int) -> None:
+            mapped.add_plain_lines(block, offset, at)
+
+    try:
+        end, lines, _ = skim(
+            io.BytesIO(data), start, state.lines + ahead.lines, len(state.header.columns), each
+        )
+    except BaseException:
+        slot.state = None  # paths may be mapped for part of it: read afresh
+        raise
+    if end > start:
+        ahead.blocks.append(data[: end - start])
+        ahead.size += end - start
+        ahead.lines = lines - state.lines
+        state.ahead = ahead
 
 
 def _one_append_since(

@@ -469,6 +469,7 @@ class IndexWriter:
                 create=write and create,
                 timeout=self.timeout,
                 step=lambda s: step(s, phase),
+                idle=_state.read_ahead if write else None,
             )
         except LockTimeout as e:
             assert self.timeout is not None
