@@ -128,21 +128,27 @@ def poll(
     """Call ``attempt()`` until it returns True, backing off between calls.
 
     Returns False if ``deadline`` (a :func:`time.monotonic` value) passes
-    first; None waits forever. ``idle``, if given, is called after each
-    failed attempt, before sleeping: work the caller can do while it waits.
+    first; None waits forever. ``idle``, if given, is work the caller can
+    do while it waits: it is called after the first failed attempt and
+    after each sleep, just before the next attempt, so that what it prepares
+    is as fresh as it can be when the attempt succeeds.
     """
     delay = POLL_DELAY
+    if attempt():
+        return True
+    if idle is not None:
+        idle()
     while True:
-        if attempt():
-            return True
-        if idle is not None:
-            idle()
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             delay = min(delay, remaining)
         time.sleep(delay)
+        if idle is not None:
+            idle()
+        if attempt():
+            return True
         delay = min(delay * 2, POLL_MAX_DELAY)
 
 
