@@ -24,6 +24,7 @@ HASH_VALUES = [0, 1, 256, 65536, 65537, 257, 0x010000, 0xFFFFFF, 0x00FF00, 2, 3,
 def weak_hash(monkeypatch: pytest.MonkeyPatch) -> dict[bytes, int]:
     table = {p.encode(): h for p, h in zip(PATHS, HASH_VALUES, strict=True)}
     monkeypatch.setattr(_paths, "path_hash", table.__getitem__)
+    monkeypatch.setattr(_paths, "FRESH_MIN", 3)  # rows added are sorted in as they come
     return table
 
 

@@ -18,10 +18,13 @@ float per row -- the hash times 2**29 plus the row's number, an exact
 integer below 2**53, sorted by CPython's fast float comparison and searched
 with :mod:`bisect` (a list: 32 bytes a row; an array would save 24 but cost
 a copy of the whole list every time it is sorted). Rows added after the
-sort wait in ``fresh`` (a dict of full hashes), which is sorted in when it
-grows. Rows are added in bulk from blocks of plain lines
-(:meth:`PathOffsets.add_plain_lines`, C-speed operations per block) or one
-by one (:meth:`PathOffsets.add`).
+sort wait in ``fresh`` (a dict of full hashes, about 90 bytes a row), which
+is sorted in once it holds more than :data:`FRESH_MIN` rows and an eighth
+of the sorted ones: a dict lookup touches far less memory than a bisection
+of the sorted keys, which matters when many writer processes take turns on
+two cores and each finds its map gone from the CPU's caches. Rows are added
+in bulk from blocks of plain lines (:meth:`PathOffsets.add_plain_lines`,
+C-speed operations per block) or one by one (:meth:`PathOffsets.add`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ _HASH_MASK = (1 << _HASH_BITS) - 1
 _GAP = 0xFFFFFFFF  # in ``pending``: a row kept elsewhere (no 24-bit hash is this)
 _GAP_BYTES = array("I", [_GAP]).tobytes()
 _SEARCHES_BEFORE_SORT = 1  # lookups that search ``pending`` before it is sorted
+#: Rows ``fresh`` may hold, whatever the number of sorted ones (about 6 MB).
+FRESH_MIN = 1 << 16
 
 
 def _fields(lines: list[bytes], column: int) -> Iterable[bytes]:
@@ -100,7 +105,7 @@ class PathOffsets:
             fresh[h] = [*old, row] if isinstance(old, list) else [old, row]
         else:
             fresh[h] = row
-            if len(fresh) > max(4096, len(self.keys) >> 3):
+            if len(fresh) > max(FRESH_MIN, len(self.keys) >> 3):
                 self.sort()
 
     def add_plain_lines(self, block: bytes, offset: int, column: int) -> None:
@@ -139,7 +144,7 @@ class PathOffsets:
                     fresh[h] = (
                         row if old is None else [*old, row] if isinstance(old, list) else [old, row]
                     )
-            if len(fresh) > max(4096, len(self.keys) >> 3):
+            if len(fresh) > max(FRESH_MIN, len(self.keys) >> 3):
                 self.sort()
             return
         pending = self.pending
