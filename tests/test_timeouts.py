@@ -237,3 +237,22 @@ def test_cli_timeout_1e10_waits_for_the_lock(index: Path) -> None:
     t.join(60)
     assert out[0].returncode == 0, out[0].stderr
     assert [r["path"] for r in IndexWriter(index).read_rows()] == ["a", "b"]
+
+
+def test_the_wait_does_its_idle_work_only_while_it_waits() -> None:
+    """``idle`` runs before each sleep's end and the next attempt, never past the deadline."""
+    from index_writer import _lock
+
+    calls: list[str] = []
+    answers = iter([False, False, True])
+
+    def attempt() -> bool:
+        calls.append("attempt")
+        return next(answers)
+
+    assert _lock.poll(attempt, None, lambda: calls.append("idle"))
+    assert calls == ["attempt", "idle", "idle", "attempt", "idle", "attempt"]
+    calls.clear()
+    answers = iter([False])
+    assert not _lock.poll(attempt, time.monotonic(), lambda: calls.append("idle"))
+    assert calls == ["attempt"]  # out of time at once: no work done for a wait not made

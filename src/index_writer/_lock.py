@@ -129,21 +129,23 @@ def poll(
 
     Returns False if ``deadline`` (a :func:`time.monotonic` value) passes
     first; None waits forever. ``idle``, if given, is work the caller can
-    do while it waits: it is called after the first failed attempt and
-    after each sleep, just before the next attempt, so that what it prepares
-    is as fresh as it can be when the attempt succeeds.
+    do while it waits: it is called before the first sleep and after each
+    sleep, just before the next attempt, so that what it prepares is as fresh
+    as it can be when the attempt succeeds.
     """
     delay = POLL_DELAY
     if attempt():
         return True
-    if idle is not None:
-        idle()
+    first = True
     while True:
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             delay = min(delay, remaining)
+        if first and idle is not None:
+            idle()
+        first = False
         time.sleep(delay)
         if idle is not None:
             idle()
