@@ -31,7 +31,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from . import _files, _journal, _platform
@@ -80,14 +80,17 @@ class Ahead:
         Their total length.
     lines : int
         The physical lines they hold.
+    mismatched : bool
+        Under the lock, the file turned out not to hold these bytes.
     """
 
-    __slots__ = ("blocks", "lines", "size")
+    __slots__ = ("blocks", "lines", "mismatched", "size")
 
     def __init__(self) -> None:
         self.blocks: list[bytes] = []
         self.size = 0
         self.lines = 0
+        self.mismatched = False
 
 
 class IndexState:
@@ -243,7 +246,7 @@ def refresh(s: Session, paths_column: str | None) -> IndexState:
                 and _read_appended(s.fd, state, s.st, record, s.journal.fine_times_dev)
             ):
                 break
-            if state is not None and state.ahead is not None and state.ahead.size < 0:
+            if state is not None and state.ahead is not None and state.ahead.mismatched:
                 slot.reads_ahead = False  # what it read was not what the file holds
             state = _load(s.fd, s.st, paths_column)
             break
@@ -341,7 +344,7 @@ def _read_appended(
     start, lines, ahead = state.size, state.lines, state.ahead
     if ahead is not None:
         if data[: ahead.size] != b"".join(ahead.blocks):
-            ahead.size = -1  # marks the mismatch for the caller
+            ahead.mismatched = True
             return False
         start += ahead.size
         lines += ahead.lines
@@ -395,18 +398,11 @@ def read_ahead(slot: IndexSlot) -> None:
     data = data[: data.rfind(b"\n") + 1]
     if not data:
         return
-    each = None
-    paths = state.paths
-    column = state.colpos.get(state.paths_column or "") if paths is not None else None
-    if paths is not None and column is not None:
-        mapped, at = paths, column
-
-        def each(block: bytes, offset: int) -> None:
-            mapped.add_plain_lines(block, offset, at)
-
+    column = state.colpos.get(state.paths_column or "") if state.paths is not None else None
     try:
         end, lines, _ = skim(
-            io.BytesIO(data), start, state.lines + ahead.lines, len(state.header.columns), each
+            io.BytesIO(data), start, state.lines + ahead.lines, len(state.header.columns),
+            _mapper(state.paths, column),
         )
     except BaseException:
         slot.state = None  # paths may be mapped for part of it: read afresh
@@ -496,15 +492,8 @@ def _check_rows(
     ``offset``. Returns the end's offset and line count, and the last line's
     terminator ("" if it has none).
     """
-    each = None
-    if paths is not None and column is not None:
-        mapped, at = paths, column
-
-        def each(block: bytes, start: int) -> None:
-            mapped.add_plain_lines(block, start, at)
-
     start = offset
-    offset, line, skimmed_eol = skim(stream, offset, line, ncols, each)
+    offset, line, skimmed_eol = skim(stream, offset, line, ncols, _mapper(paths, column))
     if offset > start:
         eol = skimmed_eol
     if offset >= end:
@@ -514,6 +503,20 @@ def _check_rows(
     if scanner.consumed_any:
         eol = scanner.last_eol
     return scanner.offset, scanner.line, eol
+
+
+def _mapper(
+    paths: PathOffsets | None, column: int | None
+) -> Callable[[bytes, int], None] | None:
+    """What files the paths of :func:`._table.skim`'s blocks in ``paths``, if any."""
+    if paths is None or column is None:
+        return None
+    mapped, at = paths, column
+
+    def each(block: bytes, offset: int) -> None:
+        mapped.add_plain_lines(block, offset, at)
+
+    return each
 
 
 def _take_records(
