@@ -240,7 +240,7 @@ def test_cli_timeout_1e10_waits_for_the_lock(index: Path) -> None:
 
 
 def test_the_wait_does_its_idle_work_only_while_it_waits() -> None:
-    """``idle`` runs before each sleep's end and the next attempt, never past the deadline."""
+    """``idle`` runs before the first sleep and after each one, never past the deadline."""
     from index_writer import _lock
 
     calls: list[str] = []
