@@ -157,12 +157,20 @@ def test_options_in_any_order(index: Path, capsys: pytest.CaptureFixture[str]) -
         (["demo", "--engine", "fibers"], "invalid choice"),
         (["demo", "--verify-only"], "--verify-only needs --index"),
         (["add", "i.csv"], "required: PATH"),
+        (
+            ["add", "i.csv", "-x.nii"],
+            "required: PATH ('-x.nii' was read as an option; to pass it as an argument, "
+            "put '--' before the arguments: index-writer add [OPTIONS] -- INDEX PATH "
+            "[KEY=VALUE ...])",
+        ),
+        (["add", "i.csv", "p", "-x"], "unrecognized arguments: -x ('-x' was read as an option"),
         (["add", "i.csv", "p", "--timeout", "-1"], "expected a number of seconds >= 0"),
         (["add", "i.csv", "p", "--timeout", "nan"], "or inf to wait forever; got 'nan'"),
         (["add", "i.csv", "p", "oops"], "expected KEY=VALUE"),
         (["add", "i.csv", "p", "--json", "{"], "not valid JSON"),
         (["add", "i.csv", "p", "--filepath-column", ""], "must not be empty"),
         (["show"], "required: INDEX"),
+        (["show", "-i.csv"], "index-writer show [OPTIONS] -- INDEX)"),
         (["show", "i.csv", "--format", "xml"], "invalid choice"),
         (["show", "i.csv", "--columns", "a,,b"], "comma-separated column names"),
         (["check", "i.csv", "--timeout", "soon"], "got 'soon'"),
@@ -181,6 +189,35 @@ def test_bad_arguments_exit_2_with_usage(
     assert err.startswith("usage: index-writer")
     assert message in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["add", "i.csv"],  # no word starting with '-'
+        ["add", "i.csv", "p", "--replce"],  # '--': a mistyped option, more likely
+        ["add", "-1"],  # a number, which argparse takes as a value (INDEX here)
+        ["demo", "-x"],  # no arguments to put after '--'
+        ["-x"],  # no command yet
+    ],
+)
+def test_no_dash_hint_where_it_would_mislead(
+    argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert "'--'" not in capsys.readouterr().err
+
+
+def test_a_path_starting_with_a_dash_goes_after_double_dash(
+    index: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["add", str(index), "--", "-x.nii", "k=v"]) == 0
+    assert main(["add", "--replace", "--", str(index), "-x.nii", "k=w"]) == 0
+    assert IndexWriter(index).read_rows() == [{"path": "-x.nii", "k": "w"}]
 
 
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:

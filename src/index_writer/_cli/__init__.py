@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from .. import IndexWriterError, __version__
 from . import add, check, demo, doctor, show
@@ -67,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     >>> args.command, args.index, args.path, args.pairs, args.strict
     ('add', 'i.csv', 'a.nii', ['k=v'], False)
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description=(
             "Record the files many workers produce in one shared CSV index: "
@@ -80,6 +83,51 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (demo, add, show, check, doctor):
         command.register(subparsers)
     return parser
+
+
+#: The words being parsed, for :meth:`_Parser.error`'s hint.
+_WORDS: contextvars.ContextVar[Sequence[str]] = contextvars.ContextVar("words", default=())
+
+#: Words argparse takes for values, not options, although they start with '-'.
+_NUMBER = re.compile(r"-\d+$|-\d*\.\d+$")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors say how to pass a word that starts with '-'.
+
+    argparse takes any word starting with '-' for an option: ``index-writer
+    add i.csv -x.nii`` fails with "the following arguments are required:
+    PATH". When a word that starts with one '-' and is no option of the
+    command is behind a missing or unrecognized argument, the error says to
+    put ``--`` before the arguments. (A word starting with '--' is more
+    likely a mistyped option.)
+    (Subcommand parsers are made of the same class.)
+    """
+
+    def error(self, message: str) -> NoReturn:
+        super().error(message + self._dash_hint(message))
+
+    def _dash_hint(self, message: str) -> str:
+        if not message.startswith(("the following arguments are required", "unrecognized")):
+            return ""
+        words = list(_WORDS.get())
+        if "--" in words:
+            words = words[: words.index("--")]
+        known = self._option_string_actions
+        dashed = [
+            w for w in words
+            if w.startswith("-") and not w.startswith("--") and w != "-"
+            and not _NUMBER.match(w) and w.partition("=")[0] not in known
+        ]
+        positionals = [a for a in self._actions if not a.option_strings]
+        if not dashed or not positionals or any(a.dest == "command" for a in positionals):
+            return ""
+        formatter = self._get_formatter()
+        names = [formatter._format_args(a, a.dest.upper()) for a in positionals]
+        return (
+            f" ({dashed[0]!r} was read as an option; to pass it as an argument, put '--' "
+            f"before the arguments: {self.prog} [OPTIONS] -- {' '.join(names)})"
+        )
 
 
 def _exit_code(e: SystemExit) -> int:
@@ -131,6 +179,14 @@ def _quiet_broken_pipe() -> int:
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """Parse ``argv``; raises SystemExit for usage errors, ``--help`` and ``--version``."""
+    words = _WORDS.set(sys.argv[1:] if argv is None else argv)
+    try:
+        return _parse_words(parser, argv)
+    finally:
+        _WORDS.reset(words)
+
+
+def _parse_words(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     take_extra = getattr(args, "take_extra", None)
     if extra and take_extra is not None:
