@@ -99,9 +99,9 @@ class _Parser(argparse.ArgumentParser):
     add i.csv -x.nii`` fails with "the following arguments are required:
     PATH". When a word that starts with one '-' and is no option of the
     command is behind a missing or unrecognized argument, the error says to
-    put ``--`` before the arguments. (A word starting with '--' is more
-    likely a mistyped option.)
-    (Subcommand parsers are made of the same class.)
+    put ``--`` before the arguments; a word starting with '--' is more
+    likely a mistyped option, and gets no hint. Subcommand parsers are made
+    of the same class.
     """
 
     def error(self, message: str) -> NoReturn:
